@@ -1,0 +1,35 @@
+"""hybrid_gn: pure-JAX nonlinear least squares for huge data and many problems.
+
+Four phases in one jitted `lax.while_loop`: parameter normalization, an
+L-BFGS warmup with divergence defenses, streaming trust-region Gauss-Newton
+with exact J^T J, and `curve_fit`-style covariance.
+
+Importing the package turns on float64 in JAX unless the user chose already
+through the JAX_ENABLE_X64 environment variable; float32 inputs stay float32.
+"""
+
+import os
+
+import jax
+
+if "JAX_ENABLE_X64" not in os.environ:
+    jax.config.update("jax_enable_x64", True)
+
+from .api import fit  # noqa: E402
+from .config import Config  # noqa: E402
+from .curve_fit import CovarianceWarning, curve_fit  # noqa: E402
+from .result import Phase, Result, Status, Trace, WarmupMode, WarmupReason  # noqa: E402
+
+__all__ = [
+    "Config",
+    "CovarianceWarning",
+    "Phase",
+    "Result",
+    "Status",
+    "Trace",
+    "WarmupMode",
+    "WarmupReason",
+    "curve_fit",
+    "fit",
+]
+__version__ = "0.1.0"

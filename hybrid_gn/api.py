@@ -1,0 +1,186 @@
+"""`fit`: input validation (before any tracing), then the jitted pipeline."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import PyTree
+
+from . import pipeline
+from .config import Config
+from .covariance import covariance
+from .data import make_data
+from .normalize import make_normalization
+from .result import Result
+
+Model = Callable[[PyTree, PyTree], jax.Array]
+
+
+def fit(
+    model: Model,
+    p0: PyTree,
+    x: PyTree,
+    y,
+    *,
+    sigma=None,
+    bounds=None,
+    absolute_sigma: bool = False,
+    check_finite: bool = True,
+    config: Config | None = None,
+) -> Result:
+    """Fit `model(params, x) ~ y` by least squares; returns a `Result` pytree.
+
+    `p0` is any pytree of arrays (the structure of `params`); `x` a pytree of
+    arrays with leading axis n; `y` of shape (n,); `sigma` None or (n,)
+    standard deviations (residuals are divided by them); `bounds` None or
+    `(lower, upper)`, each a scalar, a flat (p,) array or a pytree like `p0`.
+    Pure and jittable (`model` must be hashable, it is a static argument);
+    vmappable over problems. Shapes are checked always, values (NaN/Inf,
+    bounds, p0 inside bounds) whenever the inputs are concrete.
+    """
+    config = Config() if config is None else config
+    validate(model, p0, x, y, sigma, bounds, check_finite, config)
+    return _fit(model, p0, x, y, sigma, bounds, absolute_sigma, config)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _fit(model, p0, x, y, sigma, bounds, absolute_sigma, config: Config) -> Result:
+    dtype = _float_dtype(p0, y)
+    p0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), p0)
+    theta0, unravel = ravel_pytree(p0)
+    lb, ub = flat_bounds(bounds, p0, dtype)
+    norm = make_normalization(theta0, lb, ub, config.normalization)
+    lower, upper = norm.bounds(lb, ub)
+    u0 = jnp.clip(norm.to_normalized(theta0), lower, upper)
+    data = make_data(x, y, sigma, config.chunk_size, dtype)
+
+    def residual(u, xc, yc, wc):
+        f = jnp.asarray(model(unravel(norm.to_params(u)), xc), dtype)
+        return jnp.where(wc > 0, wc * (f - yc), 0)
+
+    state = pipeline.run(residual, u0, lower, upper, data, config)
+    gs, ws = state.gauss_newton, state.warmup
+    n_points = jnp.sum(data.weight > 0)
+    pcov = covariance(gs.equations.jtj, gs.equations.cost, norm.scale, n_points, absolute_sigma)
+    return Result(
+        params=unravel(norm.to_params(gs.u)), pcov=pcov,
+        perr=unravel(jnp.sqrt(jnp.diagonal(pcov))), cost=gs.equations.cost,
+        status=gs.status, warmup_reason=ws.reason, warmup_mode=ws.mode,
+        warmup_iterations=ws.iteration, gn_iterations=gs.iteration,
+        passes=gs.iteration + 1, n_points=n_points, trace=state.trace)
+
+
+def _float_dtype(p0, y):
+    dtype = jnp.result_type(*jax.tree.leaves(p0), y)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(dtype, float)
+    return dtype
+
+
+def flat_bounds(bounds, p0: PyTree, dtype) -> tuple[jax.Array, jax.Array]:
+    """`(lower, upper)` as flat (p,) arrays in ravel order of `p0`."""
+    p = ravel_pytree(p0)[0].shape[0]
+    if bounds is None:
+        return jnp.full(p, -jnp.inf, dtype), jnp.full(p, jnp.inf, dtype)
+    lower, upper = bounds
+    return _flat_bound(lower, p0, p, dtype), _flat_bound(upper, p0, p, dtype)
+
+
+def _flat_bound(b, p0, p: int, dtype) -> jax.Array:
+    if jax.tree.structure(b) == jax.tree.structure(p0):
+        leaves = [jnp.broadcast_to(jnp.asarray(bl, dtype), jnp.shape(pl)).ravel()
+                  for bl, pl in zip(jax.tree.leaves(b), jax.tree.leaves(p0), strict=True)]
+        return jnp.concatenate(leaves) if leaves else jnp.zeros(0, dtype)
+    return jnp.broadcast_to(jnp.asarray(b, dtype).ravel(), (p,))
+
+
+def _concrete(*trees) -> bool:
+    return not any(isinstance(a, jax.core.Tracer) for t in trees for a in jax.tree.leaves(t))
+
+
+def validate(model, p0, x, y, sigma, bounds, check_finite: bool, config: Config) -> None:
+    """Raise a clear ValueError/TypeError for bad input, before any tracing."""
+    if not callable(model):
+        raise TypeError(f"model must be callable as model(params, x), got {type(model).__name__}")
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a hybrid_gn.Config, got {type(config).__name__}")
+    p0_leaves = jax.tree.leaves(p0)
+    if not p0_leaves:
+        raise ValueError("p0 has no parameters")
+    for leaf in p0_leaves:
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.number):
+            raise TypeError(f"p0 must contain numeric arrays, got dtype {jnp.result_type(leaf)}")
+    p = sum(int(np.size(leaf)) for leaf in p0_leaves)
+    if np.ndim(y) != 1:
+        raise ValueError(f"y must be 1-D of shape (n,), got shape {np.shape(y)}")
+    n = np.shape(y)[0]
+    if n == 0:
+        raise ValueError("y is empty: there are no data points")
+    for leaf in jax.tree.leaves(x):
+        if np.ndim(leaf) == 0 or np.shape(leaf)[0] != n:
+            raise ValueError(
+                f"x and y disagree: x has an array of shape {np.shape(leaf)}, whose leading "
+                f"axis must equal len(y) = {n}")
+    if sigma is not None and np.shape(sigma) != (n,):
+        raise ValueError(f"sigma must have shape (n,) = ({n},), got {np.shape(sigma)}")
+    if n < p:
+        raise ValueError(f"too few data points: n = {n} is less than the number of "
+                         f"parameters p = {p}")
+    dtype = _float_dtype(p0, y)
+    lb, ub = flat_bounds(bounds, p0, dtype) if _concrete(bounds) else (None, None)
+    if bounds is not None and not (isinstance(bounds, tuple | list) and len(bounds) == 2):
+        raise ValueError("bounds must be a pair (lower, upper)")
+    _check_model_shape(model, p0, x, n, config)
+    if not _concrete(p0, x, y, sigma, bounds):
+        return
+    if check_finite:
+        _check_finite("y", y)
+        for leaf in jax.tree.leaves(x):
+            _check_finite("x", leaf)
+        if sigma is not None:
+            _check_finite("sigma", sigma)
+        for leaf in p0_leaves:
+            _check_finite("p0", leaf)
+    if sigma is not None and not np.all(np.asarray(sigma) > 0):
+        raise ValueError("sigma must be strictly positive")
+    theta0 = np.asarray(ravel_pytree(jax.tree.map(lambda a: jnp.asarray(a, dtype), p0))[0])
+    lb, ub = np.asarray(lb), np.asarray(ub)
+    if np.any(np.isnan(lb)) or np.any(np.isnan(ub)):
+        raise ValueError("bounds contain NaN")
+    if np.any(lb >= ub):
+        i = int(np.argmax(lb >= ub))
+        raise ValueError(f"each lower bound must be strictly less than its upper bound: "
+                         f"parameter {i} has lower {lb[i]} >= upper {ub[i]}")
+    outside = (theta0 < lb) | (theta0 > ub)
+    if np.any(outside):
+        i = int(np.argmax(outside))
+        raise ValueError(f"p0 is outside the bounds: parameter {i} = {theta0[i]} is not in "
+                         f"[{lb[i]}, {ub[i]}]")
+    if config.normalization == "bounds" and not (np.all(np.isfinite(lb)) and
+                                                 np.all(np.isfinite(ub))):
+        raise ValueError("normalization='bounds' needs finite lower and upper bounds")
+
+
+def _check_finite(name: str, a) -> None:
+    a = np.asarray(a)
+    if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
+        bad = int(np.size(a) - np.sum(np.isfinite(a)))
+        raise ValueError(f"{name} contains NaN or Inf ({bad} values); clean the data or "
+                         f"pass check_finite=False")
+
+
+def _check_model_shape(model, p0, x, n: int, config: Config) -> None:
+    size = min(config.chunk_size, n)
+    chunk = jax.tree.map(lambda a: jax.ShapeDtypeStruct((size, *np.shape(a)[1:]),
+                                                        jnp.result_type(a)), x)
+    params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), p0)
+    out = jax.eval_shape(model, params, chunk)
+    if not isinstance(out, jax.ShapeDtypeStruct) or tuple(out.shape) != (size,):
+        shape = out.shape if isinstance(out, jax.ShapeDtypeStruct) else type(out).__name__
+        raise ValueError(f"model(params, x) must return one value per point: for a chunk of "
+                         f"{size} points it returned shape {shape}")

@@ -1,0 +1,96 @@
+"""Frozen configuration of the whole pipeline, with validation in one place.
+
+Fields that change the compiled program (sizes, iteration caps, strategy
+names) are static; numeric knobs are leaves, so they can be traced, vmapped
+or differentiated without recompiling.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Literal
+
+import equinox as eqx
+
+Normalization = Literal["auto", "bounds", "p0", "none"]
+JacobianMode = Literal["auto", "forward", "reverse"]
+LineSearch = Literal["zoom", "backtracking"]
+
+
+def _static(default):
+    return eqx.field(static=True, default=default)
+
+
+class Config(eqx.Module):
+    """Settings of the four phases. All have defaults; see the field comments."""
+
+    # --- data streaming ---
+    chunk_size: int = _static(65536)  # points per chunk (capped at n)
+    jacobian: JacobianMode = _static("auto")  # forward: p JVPs, reverse: chunk VJPs
+
+    # --- phase 0: normalization ---
+    normalization: Normalization = _static("auto")  # auto: bounds if all finite, else p0
+
+    # --- phase 1: L-BFGS warmup ---
+    warmup: bool = _static(True)
+    warmup_linesearch: LineSearch = _static("zoom")
+    warmup_linesearch_steps: int = _static(20)
+    warmup_memory: int = _static(10)
+    warmup_max_iter: int = _static(30)
+    warmup_min_iter: int = _static(2)  # plateau / small-gradient switching only after this
+    warmup_max_points: int | None = _static(16384)  # strided data subsample; None: all data
+    warm_start_threshold: float = 1e-4  # skip warmup when relative loss is below this
+    refine_threshold: float = 1e-2  # relative loss below: "refine" first step
+    explore_threshold: float = 1.0  # relative loss above: "explore" first step
+    first_step_refine: float = 0.05  # max norm of the first update (normalized units)
+    first_step_careful: float = 0.25
+    first_step_explore: float = 1.0
+    max_update_norm: float = 2.0  # defense 4: clip every warmup update to this norm
+    grad_clip_norm: float = float("inf")  # optional global-norm clipping of the gradient
+    cost_increase_tol: float = 0.1  # defense 3: abort when loss > (1 + tol) * initial
+    plateau_rtol: float = 1e-3  # relative loss decrease counted as "no progress"
+    plateau_patience: int = 2  # consecutive no-progress iterations that make a plateau
+    warmup_gtol: float = 1e-3  # switch when |grad| < warmup_gtol * |grad at start|
+
+    # --- phase 2: trust-region Gauss-Newton ---
+    max_iter: int = _static(100)
+    ftol: float = 1e-12
+    xtol: float = 1e-12
+    gtol: float = 1e-12
+    initial_radius: float = 1.0  # times max(|D u0|, 1)
+    accept_ratio: float = 1e-4  # accept a step when actual/predicted reduction exceeds this
+    max_radius_resets: int = 2  # stall recovery: times the radius is reset after collapsing
+
+    def __check_init__(self):
+        if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
+        _one_of("normalization", self.normalization, ("auto", "bounds", "p0", "none"))
+        _one_of("jacobian", self.jacobian, ("auto", "forward", "reverse"))
+        _one_of("warmup_linesearch", self.warmup_linesearch, ("zoom", "backtracking"))
+        for name in ("warmup_linesearch_steps", "warmup_memory", "max_iter"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.warmup_max_iter < 0 or self.warmup_min_iter < 0:
+            raise ValueError("warmup_max_iter and warmup_min_iter must be >= 0")
+        if self.warmup_max_points is not None and self.warmup_max_points < 1:
+            raise ValueError(
+                f"warmup_max_points must be >= 1 or None, got {self.warmup_max_points}")
+        for name in ("ftol", "xtol", "gtol", "warm_start_threshold", "cost_increase_tol",
+                     "plateau_rtol", "warmup_gtol"):
+            value = getattr(self, name)
+            if isinstance(value, numbers.Real) and not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        for name in ("first_step_refine", "first_step_careful", "first_step_explore",
+                     "max_update_norm", "grad_clip_norm", "initial_radius"):
+            value = getattr(self, name)
+            if isinstance(value, numbers.Real) and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+
+    @property
+    def trace_length(self) -> int:
+        return self.warmup_max_iter + self.max_iter + 1
+
+
+def _one_of(name: str, value, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")

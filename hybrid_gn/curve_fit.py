@@ -1,0 +1,173 @@
+"""`curve_fit` with the signature and semantics of `scipy.optimize.curve_fit`.
+
+`f(x, *params)` must be written with `jax.numpy`. A 1-D `sigma` divides the
+residuals, a 2-D `sigma` is a covariance matrix (residuals whitened by its
+Cholesky factor, so all points go in one chunk), `absolute_sigma` and the
+pseudo-inverse covariance follow scipy exactly. Extra keyword options are
+`Config` fields (e.g. `ftol`, `max_iter`, `chunk_size`); `maxfev`/`max_nfev`
+map to `max_iter`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .api import fit
+from .config import Config
+from .result import Status
+
+
+class CovarianceWarning(UserWarning):
+    """The covariance of the parameters could not be estimated (pcov is inf)."""
+
+
+def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_finite=True,
+              bounds=(-np.inf, np.inf), method=None, jac=None, *, full_output=False,
+              **options):
+    """Fit `f(xdata, *params)` to `ydata`; returns `(popt, pcov)` like scipy.
+
+    With `full_output=True` returns `(popt, pcov, infodict, mesg, ier)` where
+    `infodict` has `nfev` (passes over the data) and `fvec` (weighted residuals
+    at popt). `method` is accepted for compatibility and ignored: the solver
+    is always the hybrid trust-region Gauss-Newton. Raises RuntimeError when
+    the fit does not converge, as scipy does.
+    """
+    if jac is not None:
+        raise TypeError("jac is not supported: the Jacobian comes from automatic differentiation")
+    if method not in (None, "lm", "trf", "dogbox"):
+        raise ValueError(f"method must be None, 'lm', 'trf' or 'dogbox', got {method!r}")
+    config = _config(options)
+    lb, ub = (np.broadcast_to(np.asarray(b, float), ()) if np.ndim(b) == 0 else
+              np.asarray(b, float) for b in bounds)
+    n_params = _count_params(f, p0)
+    p0 = _initialize_feasible(lb, ub, n_params) if p0 is None else np.atleast_1d(
+        np.asarray(p0, float))
+    if p0.ndim != 1:
+        raise ValueError(f"p0 must be 1-D, got shape {p0.shape}")
+    if n_params is not None and p0.size != n_params:
+        raise ValueError(f"p0 has {p0.size} values but f takes {n_params} parameters")
+    lb, ub = np.broadcast_to(lb, p0.shape), np.broadcast_to(ub, p0.shape)
+
+    ydata = np.asarray(ydata, float)
+    if ydata.ndim != 1:
+        raise ValueError(f"ydata must be 1-D, got shape {ydata.shape}")
+    xdata = np.asarray(xdata, float)
+    n = ydata.shape[0]
+    multi_dim_x = xdata.ndim >= 2
+    if multi_dim_x and xdata.shape[-1] != n:
+        raise ValueError(f"xdata of shape {xdata.shape} must be (k, n) with n = len(ydata) = {n}")
+    if not multi_dim_x and xdata.shape[:1] != (n,):
+        raise ValueError(f"xdata has shape {xdata.shape} but ydata has {n} points")
+    x = np.moveaxis(xdata, -1, 0) if multi_dim_x else xdata
+
+    whitened = sigma is not None and np.ndim(sigma) == 2
+    fit_sigma = None
+    y = ydata
+    if whitened:
+        sigma = np.asarray(sigma, float)
+        if sigma.shape != (n, n):
+            raise ValueError(f"2-D sigma must have shape (n, n) = ({n}, {n}), got {sigma.shape}")
+        if check_finite and not np.all(np.isfinite(sigma)):
+            raise ValueError("sigma contains NaN or Inf")
+        try:
+            chol = np.linalg.cholesky(sigma)
+        except np.linalg.LinAlgError as err:
+            raise ValueError("2-D sigma must be a positive definite covariance matrix") from err
+        y = np.linalg.solve(chol, ydata)
+        x = (x, chol)
+        config = _replace_chunk_size(config, n)
+    elif sigma is not None:
+        fit_sigma = np.asarray(sigma, float)
+
+    model = _wrapped_model(f, multi_dim_x, whitened)
+    bound_arg = None if np.all(np.isneginf(lb)) and np.all(np.isposinf(ub)) else (lb, ub)
+    result = fit(model, jnp.asarray(p0), x, y, sigma=fit_sigma, bounds=bound_arg,
+                 absolute_sigma=absolute_sigma, check_finite=check_finite, config=config)
+    status = Status(int(result.status))
+    if not status.success:
+        raise RuntimeError(f"Optimal parameters not found: {status.message}")
+    popt = np.asarray(result.params)
+    pcov = np.asarray(result.pcov)
+    if not np.all(np.isfinite(pcov)):
+        warnings.warn("Covariance of the parameters could not be estimated",
+                      CovarianceWarning, stacklevel=2)
+    if not full_output:
+        return popt, pcov
+    fvec = np.asarray(model(jnp.asarray(popt), x)) - y
+    if fit_sigma is not None:
+        fvec = fvec / fit_sigma
+    infodict = {"nfev": int(result.passes), "fvec": fvec}
+    return popt, pcov, infodict, status.message, int(status)
+
+
+@functools.lru_cache(maxsize=128)
+def _wrapped_model(f, multi_dim_x: bool, whitened: bool):
+    """model(params, x) calling f(x, *params); cached so jit sees the same function."""
+    def model(params, x):
+        if whitened:
+            x, chol = x
+        out = f(jnp.moveaxis(x, 0, -1) if multi_dim_x else x, *params)
+        out = jnp.broadcast_to(out, (x.shape[0],))
+        if whitened:
+            out = jax.scipy.linalg.solve_triangular(chol, out, lower=True)
+        return out
+
+    return model
+
+
+def _config(options: dict) -> Config:
+    options = dict(options)
+    config = options.pop("config", None)
+    for scipy_name in ("maxfev", "max_nfev"):
+        if scipy_name in options:
+            value = options.pop(scipy_name)
+            if value is not None:
+                options["max_iter"] = int(value)
+    if config is None:
+        return Config(**options)
+    if options:
+        raise TypeError(f"pass either config= or options, not both (got {sorted(options)})")
+    return config
+
+
+def _replace_chunk_size(config: Config, n: int) -> Config:
+    import equinox as eqx
+
+    return eqx.tree_at(lambda c: c.chunk_size, config, n)
+
+
+def _count_params(f, p0) -> int | None:
+    """Number of parameters from f's signature; None if it takes *args."""
+    try:
+        sig = inspect.signature(f)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        kinds = [p.kind for p in sig.parameters.values()]
+        if inspect.Parameter.VAR_POSITIONAL not in kinds:
+            positional = [k for k in kinds if k in (inspect.Parameter.POSITIONAL_ONLY,
+                                                    inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+            if len(positional) >= 2:
+                return len(positional) - 1
+    if p0 is None:
+        raise ValueError("Unable to determine number of fit parameters.")
+    return None
+
+
+def _initialize_feasible(lb, ub, n: int) -> np.ndarray:
+    """scipy's default start: ones, moved inside the bounds where they are finite."""
+    lb, ub = np.broadcast_to(lb, (n,)), np.broadcast_to(ub, (n,))
+    p0 = np.ones(n)
+    both = np.isfinite(lb) & np.isfinite(ub)
+    p0[both] = 0.5 * (lb[both] + ub[both])
+    only_lb = np.isfinite(lb) & ~np.isfinite(ub)
+    p0[only_lb] = lb[only_lb] + 1
+    only_ub = ~np.isfinite(lb) & np.isfinite(ub)
+    p0[only_ub] = ub[only_ub] - 1
+    return p0

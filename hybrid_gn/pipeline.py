@@ -1,0 +1,85 @@
+"""The whole fit, warmup then Gauss-Newton, as one `lax.while_loop`.
+
+The loop state holds both phases' states and a phase code; each iteration
+advances the active phase by one pure `update` and records a trace entry.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from . import accumulate, gauss_newton, warmup
+from .accumulate import ResidualFn
+from .config import Config
+from .data import Data
+from .gauss_newton import GaussNewtonState
+from .result import Phase, Trace
+from .warmup import WarmupState
+
+_DONE = 0
+
+
+class PipelineState(eqx.Module):
+    phase: Int[Array, ""]
+    warmup: WarmupState
+    gauss_newton: GaussNewtonState
+    trace: Trace
+
+
+def relative_loss(residual: ResidualFn, u, data: Data) -> Float[Array, ""]:
+    """Weighted RSS at `u` over the weighted total sum of squares of `y`."""
+    w2 = data.weight**2
+    y_mean = jnp.sum(w2 * data.y) / jnp.sum(w2)
+    total = 0.5 * jnp.sum(w2 * (data.y - y_mean) ** 2)
+    rss = accumulate.cost(residual, u, data)
+    return jnp.where(total > 0, rss / jnp.where(total > 0, total, 1),
+                     jnp.where(rss > 0, jnp.inf, 0))
+
+
+def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> PipelineState:
+    """Run both phases from normalized start `u0` inside the box [lower, upper]."""
+    sample = data.subsample(config.warmup_max_points)
+    n_sample = jnp.sum(sample.weight > 0)
+
+    def loss(u):
+        return accumulate.cost(residual, jnp.clip(u, lower, upper), sample) / n_sample
+
+    def evaluate(u):
+        return accumulate.normal_equations(residual, u, data, config.jacobian)
+
+    ws = warmup.init(u0, loss, relative_loss(residual, u0, sample), config)
+    length = config.trace_length
+    nan = jnp.full(length, jnp.nan, u0.dtype)
+    state = PipelineState(
+        phase=jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32),
+        warmup=ws,
+        gauss_newton=gauss_newton.init(ws.best_u),
+        trace=Trace(nan, nan, nan, jnp.zeros(length, jnp.int32), jnp.asarray(0)))
+
+    def record(trace: Trace, phase, cost, grad_norm, radius) -> Trace:
+        k = jnp.minimum(trace.length, length - 1)
+        return Trace(trace.cost.at[k].set(cost), trace.grad_norm.at[k].set(grad_norm),
+                     trace.radius.at[k].set(radius), trace.phase.at[k].set(phase),
+                     trace.length + 1)
+
+    def warmup_step(s: PipelineState) -> PipelineState:
+        ws = warmup.update(s.warmup, loss, lower, upper, config)
+        phase = jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32)
+        trace = record(s.trace, Phase.WARMUP, ws.loss, jnp.linalg.norm(ws.grad), jnp.nan)
+        return PipelineState(phase, ws, gauss_newton.init(ws.best_u), trace)
+
+    def gauss_newton_step(s: PipelineState) -> PipelineState:
+        gs = gauss_newton.update(s.gauss_newton, evaluate, lower, upper, config)
+        phase = jnp.where(gs.running, Phase.GAUSS_NEWTON, _DONE).astype(jnp.int32)
+        free = gauss_newton.free_variables(gs.u, gs.equations.jtr, lower, upper)
+        grad_norm = jnp.linalg.norm(jnp.where(free, gs.equations.jtr, 0))
+        trace = record(s.trace, Phase.GAUSS_NEWTON, gs.equations.cost, grad_norm, gs.radius)
+        return PipelineState(phase, s.warmup, gs, trace)
+
+    def body(s: PipelineState) -> PipelineState:
+        return jax.lax.switch(s.phase - 1, [warmup_step, gauss_newton_step], s)
+
+    return jax.lax.while_loop(lambda s: s.phase != _DONE, body, state)
