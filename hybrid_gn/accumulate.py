@@ -1,8 +1,18 @@
-"""The one accumulation of J^T J, J^T r and cost over data chunks.
+"""The one accumulation of the linearized problem over data chunks.
 
 Every driver uses these functions: a `lax.scan` over chunk indices, each
-chunk's residuals and Jacobian computed by forward mode (p JVPs) or reverse
-mode (one VJP per residual), whichever the configuration or shape favours.
+chunk's residuals r and Jacobian J computed by forward mode (p JVPs) or
+reverse mode (one VJP per residual), whichever the configuration or shape
+favours. Two exact reductions are offered:
+
+- `normal`: sum J^T J, J^T r (fastest, reduces with a plain sum/psum, but
+  squares the condition number);
+- `qr`: a streamed QR (TSQR) of [J | r]: the running triangular factor is
+  stacked with the next chunk and re-factored, so only (p+1)^2 numbers are
+  kept and the result is as accurate as a QR of the whole Jacobian.
+
+Either way the result is a `Linearization` (R, Q^T r, cost) with
+R^T R = J^T J and R^T (Q^T r) = J^T r, the form every later step uses.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
-from .config import JacobianMode
+from .config import Factorization, JacobianMode
 from .data import Data
 
 # residual(u, x_chunk, y_chunk, weight_chunk) -> weighted residuals of the chunk
@@ -23,21 +33,27 @@ ResidualFn = Callable[[Float[Array, " p"], PyTree, Array, Array], Float[Array, "
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-class NormalEquations(eqx.Module):
-    """Sufficient statistics of the linearized problem at a point."""
+class Linearization(eqx.Module):
+    """Gauss-Newton model at a point: ||J s + r||^2 = ||R s + qtr||^2 + const."""
 
-    jtj: Float[Array, "p p"]
-    jtr: Float[Array, " p"]
+    factor: Float[Array, "p p"]  # R, with R^T R = J^T J
+    qtr: Float[Array, " p"]  # with R^T qtr = J^T r
     cost: Float[Array, ""]  # 0.5 * sum of squared weighted residuals
 
-    def __add__(self, other: NormalEquations) -> NormalEquations:
-        return NormalEquations(self.jtj + other.jtj, self.jtr + other.jtr,
-                               self.cost + other.cost)
+    @property
+    def gradient(self) -> Float[Array, " p"]:
+        """J^T r, the gradient of the cost."""
+        return self.factor.T @ self.qtr
+
+    @property
+    def column_norms(self) -> Float[Array, " p"]:
+        """||J[:, j]||, the square roots of diag(J^T J)."""
+        return jnp.linalg.norm(self.factor, axis=0)
 
     @property
     def finite(self):
-        return (jnp.isfinite(self.cost) & jnp.all(jnp.isfinite(self.jtr))
-                & jnp.all(jnp.isfinite(self.jtj)))
+        return (jnp.isfinite(self.cost) & jnp.all(jnp.isfinite(self.qtr))
+                & jnp.all(jnp.isfinite(self.factor)))
 
 
 def use_forward_mode(mode: JacobianMode, n_params: int, chunk_size: int) -> bool:
@@ -54,21 +70,62 @@ def chunk_jacobian(residual: ResidualFn, u, x, y, w, forward: bool):
         return r, r
 
     jac = jax.jacfwd if forward else jax.jacrev
-    return jac(with_aux, has_aux=True)(u)[::-1]
+    jacobian, r = jac(with_aux, has_aux=True)(u)
+    return r, jacobian
 
 
-def normal_equations(residual: ResidualFn, u, data: Data, mode: JacobianMode) -> NormalEquations:
-    """Exact J^T J, J^T r and cost at `u`, accumulated chunk by chunk."""
+def linearize(residual: ResidualFn, u, data: Data, mode: JacobianMode,
+              factorization: Factorization) -> Linearization:
+    """Exact Gauss-Newton model at `u`, accumulated chunk by chunk."""
     forward = use_forward_mode(mode, u.shape[0], data.chunk_size)
 
-    def one_chunk(i) -> NormalEquations:
+    def chunk(i):
         x, y, w = data.chunk(i)
-        r, jac = chunk_jacobian(residual, u, x, y, w, forward)
-        return NormalEquations(jnp.dot(jac.T, jac, precision=_HIGHEST),
-                               jnp.dot(jac.T, r, precision=_HIGHEST),
-                               0.5 * jnp.dot(r, r, precision=_HIGHEST))
+        return chunk_jacobian(residual, u, x, y, w, forward)
 
-    return _sum_over_chunks(one_chunk, data.n_chunks)
+    if factorization == "qr":
+        return _linearize_qr(chunk, data.n_chunks, u.shape[0], u.dtype)
+    return _linearize_normal(chunk, data.n_chunks)
+
+
+def _linearize_normal(chunk, n_chunks: int) -> Linearization:
+    def stats(i):
+        r, jac = chunk(i)
+        return (jnp.dot(jac.T, jac, precision=_HIGHEST), jnp.dot(jac.T, r, precision=_HIGHEST),
+                0.5 * jnp.dot(r, r, precision=_HIGHEST))
+
+    jtj, jtr, cost = _sum_over_chunks(stats, n_chunks)
+    return from_normal_equations(jtj, jtr, cost)
+
+
+def from_normal_equations(jtj, jtr, cost) -> Linearization:
+    """R = sqrt(E) V^T from the eigendecomposition J^T J = V E V^T.
+
+    Directions whose eigenvalue is at the rounding level of J^T J carry no
+    information; their component of qtr is set to 0.
+    """
+    eigval, eigvec = jnp.linalg.eigh(jtj)
+    s = jnp.sqrt(jnp.maximum(eigval, 0))
+    eps = jnp.finfo(jtj.dtype).eps
+    informative = eigval > eps * jtj.shape[0] * jnp.maximum(eigval[-1], 0)
+    proj = eigvec.T @ jtr
+    qtr = jnp.where(informative, proj / jnp.where(informative, s, 1), 0)
+    return Linearization(s[:, None] * eigvec.T, qtr, cost)
+
+
+def _linearize_qr(chunk, n_chunks: int, p: int, dtype) -> Linearization:
+    def fold(carry, i):
+        r_aug, cost = carry
+        r, jac = chunk(i)
+        stacked = jnp.concatenate([r_aug, jnp.concatenate([jac, r[:, None]], axis=1)])
+        return (jnp.linalg.qr(stacked, mode="r"), cost + 0.5 * jnp.dot(r, r, precision=_HIGHEST)), None
+
+    start = (jnp.zeros((p + 1, p + 1), dtype), jnp.zeros((), dtype))
+    if n_chunks == 1:
+        (r_aug, cost), _ = fold(start, 0)
+    else:
+        (r_aug, cost), _ = jax.lax.scan(fold, start, jnp.arange(n_chunks))
+    return Linearization(r_aug[:p, :p], r_aug[:p, p], cost)
 
 
 def cost(residual: ResidualFn, u, data: Data) -> Float[Array, ""]:

@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import PyTree
 
 from . import pipeline
-from .config import Config
+from .config import Config, with_tolerances
 from .covariance import covariance
 from .data import make_data
 from .normalize import make_normalization
@@ -51,6 +51,7 @@ def fit(
 @functools.partial(jax.jit, static_argnames=("model",))
 def _fit(model, p0, x, y, sigma, bounds, absolute_sigma, config: Config) -> Result:
     dtype = _float_dtype(p0, y)
+    config = with_tolerances(config, dtype)
     p0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), p0)
     theta0, unravel = ravel_pytree(p0)
     lb, ub = flat_bounds(bounds, p0, dtype)
@@ -66,10 +67,10 @@ def _fit(model, p0, x, y, sigma, bounds, absolute_sigma, config: Config) -> Resu
     state = pipeline.run(residual, u0, lower, upper, data, config)
     gs, ws = state.gauss_newton, state.warmup
     n_points = jnp.sum(data.weight > 0)
-    pcov = covariance(gs.equations.jtj, gs.equations.cost, norm.scale, n_points, absolute_sigma)
+    pcov = covariance(gs.model.factor, gs.model.cost, norm.scale, n_points, absolute_sigma)
     return Result(
         params=unravel(norm.to_params(gs.u)), pcov=pcov,
-        perr=unravel(jnp.sqrt(jnp.diagonal(pcov))), cost=gs.equations.cost,
+        perr=unravel(jnp.sqrt(jnp.diagonal(pcov))), cost=gs.model.cost,
         status=gs.status, warmup_reason=ws.reason, warmup_mode=ws.mode,
         warmup_iterations=ws.iteration, gn_iterations=gs.iteration,
         passes=gs.iteration + 1, n_points=n_points, trace=state.trace)

@@ -7,14 +7,17 @@ or differentiated without recompiling.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from typing import Literal
 
 import equinox as eqx
+import jax.numpy as jnp
 
 Normalization = Literal["auto", "bounds", "p0", "none"]
 JacobianMode = Literal["auto", "forward", "reverse"]
 LineSearch = Literal["zoom", "backtracking"]
+Factorization = Literal["qr", "normal"]
 
 
 def _static(default):
@@ -27,6 +30,7 @@ class Config(eqx.Module):
     # --- data streaming ---
     chunk_size: int = _static(65536)  # points per chunk (capped at n)
     jacobian: JacobianMode = _static("auto")  # forward: p JVPs, reverse: chunk VJPs
+    factorization: Factorization = _static("qr")  # qr: streamed QR; normal: J^T J
 
     # --- phase 0: normalization ---
     normalization: Normalization = _static("auto")  # auto: bounds if all finite, else p0
@@ -53,11 +57,12 @@ class Config(eqx.Module):
     warmup_gtol: float = 1e-3  # switch when |grad| < warmup_gtol * |grad at start|
 
     # --- phase 2: trust-region Gauss-Newton ---
-    max_iter: int = _static(100)
-    ftol: float = 1e-12
-    xtol: float = 1e-12
-    gtol: float = 1e-12
-    initial_radius: float = 1.0  # times max(|D u0|, 1)
+    max_iter: int = _static(1000)
+    ftol: float | None = None  # relative cost reduction; None: 10 eps of the dtype
+    xtol: float | None = None  # relative step; None: sqrt(eps) / 100 of the dtype
+    gtol: float | None = None  # max gradient cosine; None: 10 eps of the dtype
+    initial_radius: float = 1.0  # times max(|u0|, 1), normalized units
+    radius_shrink: float = 0.5  # on a poor step the radius becomes this times its norm
     accept_ratio: float = 1e-4  # accept a step when actual/predicted reduction exceeds this
     max_radius_resets: int = 2  # stall recovery: times the radius is reset after collapsing
 
@@ -66,8 +71,9 @@ class Config(eqx.Module):
             raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
         _one_of("normalization", self.normalization, ("auto", "bounds", "p0", "none"))
         _one_of("jacobian", self.jacobian, ("auto", "forward", "reverse"))
+        _one_of("factorization", self.factorization, ("qr", "normal"))
         _one_of("warmup_linesearch", self.warmup_linesearch, ("zoom", "backtracking"))
-        for name in ("warmup_linesearch_steps", "warmup_memory", "max_iter"):
+        for name in ("warmup_linesearch_steps", "warmup_memory", "max_iter", "trace_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.warmup_max_iter < 0 or self.warmup_min_iter < 0:
@@ -80,15 +86,23 @@ class Config(eqx.Module):
             value = getattr(self, name)
             if isinstance(value, numbers.Real) and not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if isinstance(self.radius_shrink, numbers.Real) and not 0 < self.radius_shrink < 1:
+            raise ValueError(f"radius_shrink must be in (0, 1), got {self.radius_shrink!r}")
         for name in ("first_step_refine", "first_step_careful", "first_step_explore",
                      "max_update_norm", "grad_clip_norm", "initial_radius"):
             value = getattr(self, name)
             if isinstance(value, numbers.Real) and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
 
-    @property
-    def trace_length(self) -> int:
-        return self.warmup_max_iter + self.max_iter + 1
+    trace_length: int = _static(256)  # per-iteration records kept (the first ones)
+
+
+def with_tolerances(config: Config, dtype) -> Config:
+    """`config` with unset tolerances replaced by defaults suited to `dtype`."""
+    eps = float(jnp.finfo(dtype).eps)
+    defaults = {"ftol": 10 * eps, "xtol": eps**0.5 / 100, "gtol": 10 * eps}
+    unset = {k: v for k, v in defaults.items() if getattr(config, k) is None}
+    return dataclasses.replace(config, **unset) if unset else config
 
 
 def _one_of(name: str, value, allowed: tuple[str, ...]) -> None:

@@ -12,20 +12,21 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .linalg import pinv_psd
+from .linalg import pinv_gram
 
 
 def covariance(
-    jtj: Float[Array, "p p"],
+    factor: Float[Array, "p p"],
     cost: Float[Array, ""],
     scale: Float[Array, " p"],
     n_points,
     absolute_sigma,
 ) -> Float[Array, "p p"]:
-    p = jtj.shape[0]
-    eps = jnp.finfo(jtj.dtype).eps
+    """Covariance of theta from R (R^T R = J^T J in normalized coordinates)."""
+    p = factor.shape[0]
+    eps = jnp.finfo(factor.dtype).eps
     rcond = eps * jnp.maximum(n_points, p)
-    pcov = pinv_psd(jtj, rcond) * (scale[:, None] * scale[None, :])
+    pcov = pinv_gram(factor, rcond) * (scale[:, None] * scale[None, :])
     dof = n_points - p
     s_sq = 2 * cost / jnp.where(dof > 0, dof, 1)
     pcov = jnp.where(absolute_sigma, pcov, jnp.where(dof > 0, pcov * s_sq, jnp.inf))

@@ -6,8 +6,11 @@ pass over the data, and accepts it when the actual/predicted reduction ratio
 is good enough. An accepted trial's normal equations are those of the next
 iteration, so an iteration costs one pass. The first update only evaluates
 the start. Stopping tests follow scipy/MINPACK: ftol on the relative cost
-reduction, xtol on the relative scaled step, gtol on the largest cosine
-between a (projected) gradient component and the residual.
+reduction, xtol on the relative step, gtol on the largest cosine between a
+(projected) gradient component and the residual. The region is a ball in
+normalized coordinates: phase 0 already puts the parameters on a common
+scale, which (unlike Jacobian-column scaling) does not drift with the
+iterate.
 """
 
 from __future__ import annotations
@@ -19,18 +22,17 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from .accumulate import NormalEquations
+from .accumulate import Linearization
 from .config import Config
 from .linalg import trust_region_step
 from .result import Status
 
-Evaluate = Callable[[Float[Array, " p"]], NormalEquations]
+Evaluate = Callable[[Float[Array, " p"]], Linearization]
 
 
 class GaussNewtonState(eqx.Module):
     u: Float[Array, " p"]
-    equations: NormalEquations  # at u
-    scale: Float[Array, " p"]  # More's diagonal scaling, sqrt(diag J^T J), non-decreasing
+    model: Linearization  # at u
     radius: Float[Array, ""]
     iteration: Int[Array, ""]
     resets: Int[Array, ""]
@@ -46,46 +48,42 @@ def init(u0: Float[Array, " p"]) -> GaussNewtonState:
     """A state whose first update evaluates `u0` (no step is taken)."""
     p = u0.shape[0]
     zero = jnp.zeros((), u0.dtype)
-    equations = NormalEquations(jnp.zeros((p, p), u0.dtype), jnp.zeros_like(u0), zero)
-    return GaussNewtonState(u=u0, equations=equations, scale=jnp.ones_like(u0), radius=zero,
+    model = Linearization(jnp.zeros((p, p), u0.dtype), jnp.zeros_like(u0), zero)
+    return GaussNewtonState(u=u0, model=model, radius=zero,
                             iteration=jnp.asarray(0), resets=jnp.asarray(0),
                             started=jnp.asarray(False), status=jnp.asarray(Status.RUNNING))
 
 
-def free_variables(u, jtr, lower, upper) -> Bool[Array, " p"]:
+def free_variables(u, gradient, lower, upper) -> Bool[Array, " p"]:
     """Variables not held at a bound by a gradient pointing out of the box."""
-    held_low = (u <= lower) & (jtr > 0)
-    held_high = (u >= upper) & (jtr < 0)
+    held_low = (u <= lower) & (gradient > 0)
+    held_high = (u >= upper) & (gradient < 0)
     return ~(held_low | held_high)
 
 
-def gradient_cosine(equations: NormalEquations, free) -> Float[Array, ""]:
+def gradient_cosine(model: Linearization, free) -> Float[Array, ""]:
     """max_j |(J^T r)_j| / (||J_j|| ||r||) over free j: scale-free gtol measure."""
-    col = jnp.sqrt(jnp.diagonal(equations.jtj))
-    rnorm = jnp.sqrt(2 * equations.cost)
-    cos = jnp.abs(equations.jtr) / jnp.where(col > 0, col, 1) / jnp.where(rnorm > 0, rnorm, 1)
+    col = model.column_norms
+    rnorm = jnp.sqrt(2 * model.cost)
+    cos = jnp.abs(model.gradient) / jnp.where(col > 0, col, 1) / jnp.where(rnorm > 0, rnorm, 1)
     return jnp.where(rnorm > 0, jnp.max(jnp.where(free, cos, 0)), 0)
 
 
-def _jacobian_scale(equations: NormalEquations):
-    d = jnp.sqrt(jnp.diagonal(equations.jtj))
-    return jnp.where(d > 0, d, 1)
+def _initial_radius(u, config: Config):
+    return config.initial_radius * jnp.maximum(jnp.linalg.norm(u), 1)
 
 
-def _initial_radius(u, scale, config: Config):
-    return config.initial_radius * jnp.maximum(jnp.linalg.norm(scale * u), 1)
-
-
-def update(state: GaussNewtonState, evaluate: Evaluate, lower, upper,
+def update(state: GaussNewtonState, evaluate: Evaluate, lower, upper, rcond: float,
            config: Config) -> GaussNewtonState:
     """One trust-region iteration (or the evaluation of the start)."""
-    eq = state.equations
+    eq = state.model
     u = state.u
-    free = free_variables(u, eq.jtr, lower, upper)
-    step = trust_region_step(eq.jtj, eq.jtr, state.scale, state.radius, free)
+    free = free_variables(u, eq.gradient, lower, upper)
+    step = trust_region_step(eq.factor, eq.qtr, jnp.ones_like(u), state.radius, free, rcond)
     trial = jnp.where(state.started, jnp.clip(u + step, lower, upper), u)
     step = trial - u
-    predicted = -(eq.jtr @ step + 0.5 * step @ eq.jtj @ step)
+    r_step = eq.factor @ step
+    predicted = -(eq.qtr @ r_step + 0.5 * r_step @ r_step)
 
     new = evaluate(trial)
     actual = eq.cost - new.cost
@@ -95,27 +93,21 @@ def update(state: GaussNewtonState, evaluate: Evaluate, lower, upper,
 
     u_next = jnp.where(accept, trial, u)
     eq_next = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, eq)
-    first_scale = _jacobian_scale(new)
-    scale = jnp.where(state.started,
-                      jnp.where(accept, jnp.maximum(state.scale, _jacobian_scale(eq_next)),
-                                state.scale),
-                      first_scale)
-
-    step_norm = jnp.linalg.norm(state.scale * step)
+    step_norm = jnp.linalg.norm(step)
     shrink = ~new.finite | (ratio < 0.25)
     grow = (ratio > 0.75) & (step_norm > 0.95 * state.radius)
-    radius = jnp.where(shrink, 0.25 * step_norm,
+    radius = jnp.where(shrink, config.radius_shrink * step_norm,
                        jnp.where(grow, jnp.maximum(state.radius, 2 * step_norm), state.radius))
-    radius = jnp.where(state.started, radius, _initial_radius(u, first_scale, config))
+    radius = jnp.where(state.started, radius, _initial_radius(u, config))
 
-    free_next = free_variables(u_next, eq_next.jtr, lower, upper)
+    free_next = free_variables(u_next, eq_next.gradient, lower, upper)
     cosine = gradient_cosine(eq_next, free_next)
     gtol_ok = cosine <= config.gtol
     ftol_ok = state.started & accept & (actual <= config.ftol * eq.cost) & (ratio > 0.25)
     xtol_ok = state.started & (
-        step_norm <= config.xtol * (config.xtol + jnp.linalg.norm(scale * u_next)))
-    # a step that collapsed through rejections, far from stationarity, is a stall
-    stalled = xtol_ok & ~accept & (cosine > jnp.sqrt(config.gtol))
+        step_norm <= config.xtol * (config.xtol + jnp.linalg.norm(u_next)))
+    # a step that collapsed through NaN/Inf trials is a stall, not convergence
+    stalled = xtol_ok & ~accept & ~new.finite
     recover = stalled & (state.resets < config.max_radius_resets)
     iteration = state.iteration + state.started.astype(state.iteration.dtype)
 
@@ -126,10 +118,8 @@ def update(state: GaussNewtonState, evaluate: Evaluate, lower, upper,
          Status.STALLED, Status.CONVERGED_XTOL, Status.MAX_ITERATIONS],
         Status.RUNNING).astype(state.status.dtype)
 
-    reset_scale = _jacobian_scale(eq_next)
-    scale = jnp.where(recover, reset_scale, scale)
-    radius = jnp.where(recover, _initial_radius(u_next, reset_scale, config), radius)
-    return GaussNewtonState(u=u_next, equations=eq_next, scale=scale, radius=radius,
+    radius = jnp.where(recover, _initial_radius(u_next, config), radius)
+    return GaussNewtonState(u=u_next, model=eq_next, radius=radius,
                             iteration=iteration, resets=state.resets + recover,
                             started=jnp.asarray(True), status=status)
 

@@ -1,9 +1,11 @@
-"""Trust-region subproblem and pseudo-inverse, by a symmetric eigensolve.
+"""Trust-region subproblem and pseudo-inverse from a triangular factor R.
 
-The eigendecomposition of the (scaled) p x p matrix J^T J is rank revealing
-and turns the Levenberg-Marquardt secular equation ||s(lambda)|| = radius
-into a cheap scalar root-finding problem (More & Sorensen), so the step lies
-in the region rather than being a Gauss-Newton step scaled down.
+With R^T R = J^T J and qtr = Q^T r, the Gauss-Newton model is
+||R s + qtr||^2. An SVD of the small p x p matrix R (scaled) is rank
+revealing, accurate to the conditioning of J (not its square), and turns the
+Levenberg-Marquardt secular equation ||s(lambda)|| = radius into a scalar
+root-finding problem (More & Sorensen), so the step lies in the region
+rather than being a Gauss-Newton step scaled down.
 """
 
 from __future__ import annotations
@@ -16,65 +18,61 @@ _NEWTON_ITERATIONS = 40
 
 
 def trust_region_step(
-    jtj: Float[Array, "p p"],
-    jtr: Float[Array, " p"],
+    factor: Float[Array, "p p"],
+    qtr: Float[Array, " p"],
     scale: Float[Array, " p"],
     radius: Float[Array, ""],
     free: Bool[Array, " p"],
+    rcond: float,
 ) -> Float[Array, " p"]:
-    """argmin_s  jtr.s + s.jtj.s / 2  subject to ||scale * s|| <= radius, s[~free] = 0.
+    """argmin_s ||R s + qtr||  subject to ||scale * s|| <= radius and s[~free] = 0.
 
-    Solved as s = -(H + lambda I)^+ g in the variables z = scale * s, with
-    lambda = 0 (pseudo-inverse Gauss-Newton step) when that step fits, else
-    lambda > 0 chosen by Newton's method on 1/||z(lambda)|| - 1/radius.
+    In z = scale * s: z(lambda) = -sum_i s_i b_i / (s_i^2 + lambda) v_i with
+    A = R diag(1/scale) = U S V^T and b = U^T qtr. lambda = 0 (pseudo-inverse
+    Gauss-Newton step, singular values below rcond * s_max dropped) when that
+    step fits, else lambda > 0 by Newton's method on 1/||z|| - 1/radius,
+    which is concave and increasing, so Newton from the left is monotone.
     """
-    outer_free = free[:, None] & free[None, :]
-    h = jnp.where(outer_free, jtj / (scale[:, None] * scale[None, :]), 0)
-    h = h + jnp.diag(jnp.where(free, 0, 1).astype(h.dtype))
-    g = jnp.where(free, jtr / scale, 0)
+    a_mat = jnp.where(free[None, :], factor / scale[None, :], 0)
+    u_mat, sv, vt = jnp.linalg.svd(a_mat)
+    b = u_mat.T @ qtr
+    tiny = jnp.finfo(sv.dtype).tiny
+    floor = jnp.maximum(rcond * sv[0], tiny)
+    keep = sv > floor
 
-    eigval, eigvec = jnp.linalg.eigh(h)
-    eigval = jnp.maximum(eigval, 0)
-    a = eigvec.T @ g
-    eps = jnp.finfo(h.dtype).eps
-    tiny = jnp.finfo(h.dtype).tiny
-    floor = jnp.maximum(eigval[-1] * h.shape[0] * eps, tiny)
+    gn = jnp.where(keep, b / jnp.where(keep, sv, 1), 0)
+    gn_norm = jnp.linalg.norm(gn)
+    eig = sv**2
+    sb = sv * b
 
     def coefficients(lam):
-        den = eigval + lam
-        return jnp.where(a == 0, 0, a / jnp.where(den > 0, den, 1))
-
-    gn = jnp.where(eigval > floor, a / jnp.where(eigval > floor, eigval, 1), 0)
-    gn_norm = jnp.linalg.norm(gn)
+        return sb / (eig + lam)
 
     def newton(_, lam):
         q = coefficients(lam)
-        q_norm = jnp.linalg.norm(q)
-        dq2 = -2 * jnp.sum(q**2 / (eigval + lam))  # d ||q||^2 / d lambda
-        dnorm = dq2 / (2 * jnp.maximum(q_norm, tiny))
-        # Newton step on psi(lambda) = 1/||q|| - 1/radius (concave, increasing)
-        step = (1 / q_norm - 1 / radius) * q_norm**2 / jnp.where(dnorm < 0, dnorm, -tiny)
-        lam_new = lam + jnp.where(jnp.isfinite(step), step, 0)
-        return jnp.maximum(lam_new, floor)
+        q_norm = jnp.maximum(jnp.linalg.norm(q), tiny)
+        dnorm = -jnp.sum(q**2 / (eig + lam)) / q_norm  # d||q||/d lambda < 0
+        step = (1 / q_norm - 1 / radius) * q_norm**2 / jnp.minimum(dnorm, -tiny)
+        return jnp.maximum(lam + jnp.where(jnp.isfinite(step), step, 0), lam)
 
-    lam = jax.lax.fori_loop(0, _NEWTON_ITERATIONS, newton, floor)
+    lam0 = floor**2
+    lam = jax.lax.fori_loop(0, _NEWTON_ITERATIONS, newton, lam0)
     damped = coefficients(lam)
     damped = damped * jnp.minimum(1, radius / jnp.maximum(jnp.linalg.norm(damped), tiny))
     coef = jnp.where(gn_norm <= radius, gn, damped)
-    z = -(eigvec @ coef)
+    z = -(vt.T @ coef)
     return jnp.where(free, z / scale, 0)
 
 
-def pinv_psd(a: Float[Array, "p p"], rcond: Float[Array, ""]) -> Float[Array, "p p"]:
-    """Moore-Penrose inverse of a PSD matrix A = J^T J, with J's columns equilibrated.
+def pinv_gram(factor: Float[Array, "p p"], rcond) -> Float[Array, "p p"]:
+    """(R^T R)^+ from an SVD of R with equilibrated columns.
 
-    Singular values of J below `rcond * max` are dropped, matching
+    Singular values below `rcond * max` are dropped, matching
     `scipy.optimize.curve_fit` (which thresholds the SVD of J).
     """
-    d = jnp.sqrt(jnp.diagonal(a))
+    d = jnp.linalg.norm(factor, axis=0)
     d = jnp.where(d > 0, d, 1)
-    eigval, eigvec = jnp.linalg.eigh(a / (d[:, None] * d[None, :]))
-    sv = jnp.sqrt(jnp.maximum(eigval, 0))
-    keep = sv > rcond * sv[-1]
-    inv = jnp.where(keep, 1 / jnp.where(keep, eigval, 1), 0)
-    return (eigvec * inv) @ eigvec.T / (d[:, None] * d[None, :])
+    _, sv, vt = jnp.linalg.svd(factor / d[None, :])
+    keep = sv > rcond * sv[0]
+    inv = jnp.where(keep, 1 / jnp.where(keep, sv, 1) ** 2, 0)
+    return (vt.T * inv) @ vt / (d[:, None] * d[None, :])

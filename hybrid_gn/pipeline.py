@@ -48,7 +48,11 @@ def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> P
         return accumulate.cost(residual, jnp.clip(u, lower, upper), sample) / n_sample
 
     def evaluate(u):
-        return accumulate.normal_equations(residual, u, data, config.jacobian)
+        return accumulate.linearize(residual, u, data, config.jacobian, config.factorization)
+
+    eps = float(jnp.finfo(u0.dtype).eps)
+    p = u0.shape[0]
+    rcond = 10 * p * eps if config.factorization == "qr" else (10 * p * eps) ** 0.5
 
     ws = warmup.init(u0, loss, relative_loss(residual, u0, sample), config)
     length = config.trace_length
@@ -72,11 +76,12 @@ def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> P
         return PipelineState(phase, ws, gauss_newton.init(ws.best_u), trace)
 
     def gauss_newton_step(s: PipelineState) -> PipelineState:
-        gs = gauss_newton.update(s.gauss_newton, evaluate, lower, upper, config)
+        gs = gauss_newton.update(s.gauss_newton, evaluate, lower, upper, rcond, config)
         phase = jnp.where(gs.running, Phase.GAUSS_NEWTON, _DONE).astype(jnp.int32)
-        free = gauss_newton.free_variables(gs.u, gs.equations.jtr, lower, upper)
-        grad_norm = jnp.linalg.norm(jnp.where(free, gs.equations.jtr, 0))
-        trace = record(s.trace, Phase.GAUSS_NEWTON, gs.equations.cost, grad_norm, gs.radius)
+        gradient = gs.model.gradient
+        free = gauss_newton.free_variables(gs.u, gradient, lower, upper)
+        grad_norm = jnp.linalg.norm(jnp.where(free, gradient, 0))
+        trace = record(s.trace, Phase.GAUSS_NEWTON, gs.model.cost, grad_norm, gs.radius)
         return PipelineState(phase, s.warmup, gs, trace)
 
     def body(s: PipelineState) -> PipelineState:

@@ -29,6 +29,10 @@ REFINED = {"Lanczos1"}
 LANCZOS1_RSS_RTOL = 1e-2
 PRINTED_PARAM_RTOL = 1e-10  # 11 significant digits: rounding is at most 5e-11 relative
 
+# Rat43 prints "Degrees of Freedom: 9", but n - p = 15 - 4 = 11 and its certified residual
+# standard deviation is sqrt(RSS / 11); the printed 9 is a misprint in the file.
+DOF_MISPRINTED = {"Rat43"}
+
 
 def _rss(problem, b) -> float:
     """Residual sum of squares of ``problem`` at parameters ``b``, in float64."""
@@ -36,10 +40,10 @@ def _rss(problem, b) -> float:
     return float(r @ r)
 
 
-def _header_int(name: str, pattern: str) -> int:
-    """Read an integer from the raw header text, independently of the parser under test."""
+def _header_number(name: str, pattern: str) -> float:
+    """Read a number from the raw file text, independently of the parser under test."""
     text = (DATA_DIR / f"{name}.dat").read_text()
-    return int(re.search(pattern, text).group(1))
+    return float(re.search(pattern, text).group(1))
 
 
 def test_names_cover_all_data_files():
@@ -50,10 +54,14 @@ def test_names_cover_all_data_files():
 @pytest.mark.parametrize("name", NAMES)
 def test_shapes_match_header(name):
     p = load(name)
-    n = _header_int(name, r"Number of Observations:\s*(\d+)")
-    n_params = _header_int(name, r"(\d+) Parameters")
-    n_predictors = _header_int(name, r"(\d+) Predictor")
-    assert _header_int(name, r"Degrees of Freedom:\s*(\d+)") == n - n_params
+    n = int(_header_number(name, r"Number of Observations:\s*(\d+)"))
+    n_params = int(_header_number(name, r"(\d+) Parameters"))
+    n_predictors = int(_header_number(name, r"(\d+) Predictor"))
+    rsd = _header_number(name, r"Residual Standard Deviation:\s*(\S+)")
+    # The certified residual standard deviation is sqrt(RSS / (n - p)) in every file.
+    assert p.certified_rss / rsd**2 == pytest.approx(n - n_params, rel=1e-8)
+    if name not in DOF_MISPRINTED:
+        assert _header_number(name, r"Degrees of Freedom:\s*(\d+)") == n - n_params
     assert p.x.shape == ((n,) if n_predictors == 1 else (n, n_predictors))
     assert p.y.shape == (n,)
     for b in (*p.starts, p.certified, p.certified_sd):
@@ -92,12 +100,15 @@ def test_model_jits_vmaps_and_differentiates(name):
     b, x = jnp.asarray(p.certified), jnp.asarray(p.x)
     expected = p.model(b, x)
     assert expected.shape == p.y.shape and expected.dtype == jnp.float64
-    np.testing.assert_allclose(jax.jit(p.model)(b, x), expected, rtol=1e-12)
+    # jit may reassociate arithmetic; compare relative to the model's scale, since values
+    # near a zero crossing (e.g. Kirby2) lose relative accuracy to cancellation.
+    tol = {"rtol": 1e-12, "atol": 1e-12 * float(jnp.max(jnp.abs(expected)))}
+    np.testing.assert_allclose(jax.jit(p.model)(b, x), expected, **tol)
     per_point = jax.vmap(p.model, in_axes=(None, 0))(b, x)
-    np.testing.assert_allclose(per_point, expected, rtol=1e-12)
+    np.testing.assert_allclose(per_point, expected, **tol)
     batch = jnp.stack([*p.starts, p.certified])
     per_start = jax.vmap(p.model, in_axes=(0, None))(batch, x)
-    np.testing.assert_allclose(per_start[-1], expected, rtol=1e-12)
+    np.testing.assert_allclose(per_start[-1], expected, **tol)
     jac = jax.jit(jax.jacfwd(p.model))(b, x)
     assert jac.shape == (len(p.y), len(p.certified))
     assert bool(jnp.all(jnp.isfinite(jac)))
