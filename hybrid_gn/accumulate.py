@@ -118,7 +118,8 @@ def _linearize_qr(chunk, n_chunks: int, p: int, dtype) -> Linearization:
         r_aug, cost = carry
         r, jac = chunk(i)
         stacked = jnp.concatenate([r_aug, jnp.concatenate([jac, r[:, None]], axis=1)])
-        return (jnp.linalg.qr(stacked, mode="r"), cost + 0.5 * jnp.dot(r, r, precision=_HIGHEST)), None
+        cost = cost + 0.5 * jnp.dot(r, r, precision=_HIGHEST)
+        return (jnp.linalg.qr(stacked, mode="r"), cost), None
 
     start = (jnp.zeros((p + 1, p + 1), dtype), jnp.zeros((), dtype))
     if n_chunks == 1:
