@@ -60,8 +60,12 @@ def _fit(model, p0, x, y, sigma, bounds, absolute_sigma, config: Config) -> Resu
     u0 = jnp.clip(norm.to_normalized(theta0), lower, upper)
     data = make_data(x, y, sigma, config.chunk_size, dtype)
 
+    def to_params(u):  # clipped value (rounding can leave the box by an ulp), unit derivative
+        theta = norm.to_params(u)
+        return theta + jax.lax.stop_gradient(jnp.clip(theta, lb, ub) - theta)
+
     def residual(u, xc, yc, wc):
-        f = jnp.asarray(model(unravel(norm.to_params(u)), xc), dtype)
+        f = jnp.asarray(model(unravel(to_params(u)), xc), dtype)
         return jnp.where(wc > 0, wc * (f - yc), 0)
 
     state = pipeline.run(residual, u0, lower, upper, data, config)
@@ -69,7 +73,7 @@ def _fit(model, p0, x, y, sigma, bounds, absolute_sigma, config: Config) -> Resu
     n_points = jnp.sum(data.weight > 0)
     pcov = covariance(gs.model.factor, gs.model.cost, norm.scale, n_points, absolute_sigma)
     return Result(
-        params=unravel(norm.to_params(gs.u)), pcov=pcov,
+        params=unravel(to_params(gs.u)), pcov=pcov,
         perr=unravel(jnp.sqrt(jnp.diagonal(pcov))), cost=gs.model.cost,
         status=gs.status, warmup_reason=ws.reason, warmup_mode=ws.mode,
         warmup_iterations=ws.iteration, gn_iterations=gs.iteration,
@@ -132,10 +136,10 @@ def validate(model, p0, x, y, sigma, bounds, check_finite: bool, config: Config)
     if n < p:
         raise ValueError(f"too few data points: n = {n} is less than the number of "
                          f"parameters p = {p}")
-    dtype = _float_dtype(p0, y)
-    lb, ub = flat_bounds(bounds, p0, dtype) if _concrete(bounds) else (None, None)
     if bounds is not None and not (isinstance(bounds, tuple | list) and len(bounds) == 2):
         raise ValueError("bounds must be a pair (lower, upper)")
+    dtype = _float_dtype(p0, y)
+    lb, ub = flat_bounds(bounds, p0, dtype) if _concrete(bounds) else (None, None)
     _check_model_shape(model, p0, x, n, config)
     if not _concrete(p0, x, y, sigma, bounds):
         return

@@ -1,8 +1,9 @@
 """Phase 3: parameter covariance with `scipy.optimize.curve_fit` semantics.
 
-pcov = s^2 * S (J^T J)^+ S, with J the Jacobian of the weighted residuals in
-normalized coordinates, S = diag(d theta / d u) the normalization Jacobian,
-(J^T J)^+ the pseudo-inverse dropping singular values of J below
+pcov = s^2 (J^T J)^+, with J = J_u S^-1 the Jacobian of the weighted
+residuals with respect to theta (J_u in normalized coordinates, S =
+diag(d theta / d u) the normalization Jacobian), (J^T J)^+ the
+pseudo-inverse dropping singular values of J below
 eps * max(n, p) * s_max, and s^2 = RSS / (n - p) unless `absolute_sigma`
 (then 1). With n <= p and relative sigma, or a NaN, pcov is all inf.
 """
@@ -26,7 +27,7 @@ def covariance(
     p = factor.shape[0]
     eps = jnp.finfo(factor.dtype).eps
     rcond = eps * jnp.maximum(n_points, p)
-    pcov = pinv_gram(factor, rcond) * (scale[:, None] * scale[None, :])
+    pcov = pinv_gram(factor / scale[None, :], rcond)  # R of theta: J_theta = J_u S^-1
     dof = n_points - p
     s_sq = 2 * cost / jnp.where(dof > 0, dof, 1)
     pcov = jnp.where(absolute_sigma, pcov, jnp.where(dof > 0, pcov * s_sq, jnp.inf))

@@ -113,7 +113,8 @@ def _wrapped_model(f, multi_dim_x: bool, whitened: bool):
         if whitened:
             x, chol = x
         out = f(jnp.moveaxis(x, 0, -1) if multi_dim_x else x, *params)
-        out = jnp.broadcast_to(out, (x.shape[0],))
+        if jnp.ndim(out) == 0:
+            out = jnp.broadcast_to(out, (x.shape[0],))
         if whitened:
             out = jax.scipy.linalg.solve_triangular(chol, out, lower=True)
         return out

@@ -65,14 +65,12 @@ def trust_region_step(
 
 
 def pinv_gram(factor: Float[Array, "p p"], rcond) -> Float[Array, "p p"]:
-    """(R^T R)^+ from an SVD of R with equilibrated columns.
+    """(R^T R)^+ from an SVD of R, dropping singular values below `rcond * max`.
 
-    Singular values below `rcond * max` are dropped, matching
-    `scipy.optimize.curve_fit` (which thresholds the SVD of J).
+    The same threshold on the same singular values (those of J) as
+    `scipy.optimize.curve_fit`, so rank-deficient problems agree with it.
     """
-    d = jnp.linalg.norm(factor, axis=0)
-    d = jnp.where(d > 0, d, 1)
-    _, sv, vt = jnp.linalg.svd(factor / d[None, :])
+    _, sv, vt = jnp.linalg.svd(factor)
     keep = sv > rcond * sv[0]
     inv = jnp.where(keep, 1 / jnp.where(keep, sv, 1) ** 2, 0)
-    return (vt.T * inv) @ vt / (d[:, None] * d[None, :])
+    return (vt.T * inv) @ vt

@@ -90,7 +90,12 @@ class Phase(enum.IntEnum):
 
 
 class Trace(eqx.Module):
-    """Fixed-length per-iteration record; entries past `length` are NaN / 0."""
+    """Fixed-length per-iteration record; entries past `length` are NaN / 0.
+
+    `cost` is the warmup loss (mean half squared residual over the warmup
+    subsample) in warmup entries and the full cost (half the weighted RSS)
+    in Gauss-Newton entries; `radius` is NaN in warmup entries.
+    """
 
     cost: Float[Array, " T"]
     grad_norm: Float[Array, " T"]

@@ -96,8 +96,9 @@ def update(state: WarmupState, loss_fn: LossFn, lower, upper, config: Config) ->
         value=state.loss, grad=state.grad, value_fn=loss_fn)
 
     first_cap = jnp.array([config.first_step_refine, config.first_step_careful,
-                           config.first_step_explore])[state.mode]
-    cap = jnp.where(state.iteration == 0, first_cap, config.max_update_norm)
+                           config.first_step_explore], dtype=state.u.dtype)[state.mode]
+    cap = jnp.where(state.iteration == 0, jnp.minimum(first_cap, config.max_update_norm),
+                    config.max_update_norm)
     norm = jnp.linalg.norm(updates)
     clipped = norm > cap
     updates = updates * jnp.where(clipped, cap / norm, 1)
