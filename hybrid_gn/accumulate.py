@@ -11,6 +11,10 @@ favours. Two exact reductions are offered:
   stacked with the next chunk and re-factored, so only (p+1)^2 numbers are
   kept and the result is as accurate as a QR of the whole Jacobian.
 
+`auto` decides per pass from a traced flag: QR where the caller found the
+Jacobian ill-conditioned, the normal equations elsewhere (a `lax.cond`, so
+one branch runs; under `vmap` with a batched flag both run).
+
 Either way the result is a `Linearization` (R, Q^T r, cost) with
 R^T R = J^T J and R^T (Q^T r) = J^T r, the form every later step uses.
 """
@@ -75,17 +79,28 @@ def chunk_jacobian(residual: ResidualFn, u, x, y, w, forward: bool):
 
 
 def linearize(residual: ResidualFn, u, data: Data, mode: JacobianMode,
-              factorization: Factorization) -> Linearization:
-    """Exact Gauss-Newton model at `u`, accumulated chunk by chunk."""
+              factorization: Factorization, use_qr=False) -> Linearization:
+    """Exact Gauss-Newton model at `u`, accumulated chunk by chunk.
+
+    `use_qr` (a traced bool) picks the reduction when `factorization` is auto.
+    """
     forward = use_forward_mode(mode, u.shape[0], data.chunk_size)
 
     def chunk(i):
         x, y, w = data.chunk(i)
         return chunk_jacobian(residual, u, x, y, w, forward)
 
-    if factorization == "qr":
+    def by_qr():
         return _linearize_qr(chunk, data.n_chunks, u.shape[0], u.dtype)
-    return _linearize_normal(chunk, data.n_chunks)
+
+    def by_normal():
+        return _linearize_normal(chunk, data.n_chunks)
+
+    if factorization == "qr":
+        return by_qr()
+    if factorization == "normal":
+        return by_normal()
+    return jax.lax.cond(use_qr, by_qr, by_normal)
 
 
 def _linearize_normal(chunk, n_chunks: int) -> Linearization:

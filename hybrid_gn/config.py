@@ -17,7 +17,7 @@ import jax.numpy as jnp
 Normalization = Literal["auto", "bounds", "p0", "none"]
 JacobianMode = Literal["auto", "forward", "reverse"]
 LineSearch = Literal["zoom", "backtracking"]
-Factorization = Literal["qr", "normal"]
+Factorization = Literal["auto", "qr", "normal"]
 
 
 def _static(default):
@@ -28,9 +28,11 @@ class Config(eqx.Module):
     """Settings of the four phases. All have defaults; see the field comments."""
 
     # --- data streaming ---
-    chunk_size: int = _static(65536)  # points per chunk (capped at n)
+    chunk_size: int = _static(8192)  # points per chunk (capped at n); cache-sized is fastest
     jacobian: JacobianMode = _static("auto")  # forward: p JVPs, reverse: chunk VJPs
-    factorization: Factorization = _static("qr")  # qr: streamed QR; normal: J^T J
+    # qr: streamed QR (accurate to cond(J)); normal: J^T J (cheaper, squares cond(J));
+    # auto: J^T J until cond(J) exceeds qr_condition, streamed QR from then on
+    factorization: Factorization = _static("auto")
 
     # --- phase 0: normalization ---
     normalization: Normalization = _static("auto")  # auto: bounds if all finite, else p0
@@ -63,6 +65,7 @@ class Config(eqx.Module):
     gtol: float | None = None  # max gradient cosine; None: 10 eps of the dtype
     initial_radius: float = 1.0  # times max(|u0|, 1), normalized units
     radius_shrink: float = 0.5  # on a poor step the radius becomes this times its norm
+    qr_condition: float | None = None  # auto factorization; None: eps^(-1/4) of the dtype
     accept_ratio: float = 1e-4  # accept a step when actual/predicted reduction exceeds this
     max_radius_resets: int = 2  # stall recovery: times the radius is reset after collapsing
 
@@ -71,7 +74,7 @@ class Config(eqx.Module):
             raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
         _one_of("normalization", self.normalization, ("auto", "bounds", "p0", "none"))
         _one_of("jacobian", self.jacobian, ("auto", "forward", "reverse"))
-        _one_of("factorization", self.factorization, ("qr", "normal"))
+        _one_of("factorization", self.factorization, ("auto", "qr", "normal"))
         _one_of("warmup_linesearch", self.warmup_linesearch, ("zoom", "backtracking"))
         for name in ("warmup_linesearch_steps", "warmup_memory", "max_iter", "trace_length"):
             if getattr(self, name) < 1:
@@ -98,9 +101,10 @@ class Config(eqx.Module):
 
 
 def with_tolerances(config: Config, dtype) -> Config:
-    """`config` with unset tolerances replaced by defaults suited to `dtype`."""
+    """`config` with unset tolerances and thresholds replaced by `dtype` defaults."""
     eps = float(jnp.finfo(dtype).eps)
-    defaults = {"ftol": 10 * eps, "xtol": eps**0.5 / 100, "gtol": 10 * eps}
+    defaults = {"ftol": 10 * eps, "xtol": eps**0.5 / 100, "gtol": 10 * eps,
+                "qr_condition": eps**-0.25}
     unset = {k: v for k, v in defaults.items() if getattr(config, k) is None}
     return dataclasses.replace(config, **unset) if unset else config
 

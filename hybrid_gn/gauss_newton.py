@@ -27,12 +27,14 @@ from .config import Config
 from .linalg import trust_region_step
 from .result import Status
 
-Evaluate = Callable[[Float[Array, " p"]], Linearization]
+# evaluate(u, use_qr) -> the Gauss-Newton model at u, by streamed QR if use_qr
+Evaluate = Callable[[Float[Array, " p"], Bool[Array, ""]], Linearization]
 
 
 class GaussNewtonState(eqx.Module):
     u: Float[Array, " p"]
     model: Linearization  # at u
+    use_qr: Bool[Array, ""]  # evaluate by streamed QR (sticky once cond(J) is large)
     radius: Float[Array, ""]
     iteration: Int[Array, ""]
     resets: Int[Array, ""]
@@ -44,12 +46,13 @@ class GaussNewtonState(eqx.Module):
         return self.status == Status.RUNNING
 
 
-def init(u0: Float[Array, " p"]) -> GaussNewtonState:
+def init(u0: Float[Array, " p"], config: Config) -> GaussNewtonState:
     """A state whose first update evaluates `u0` (no step is taken)."""
     p = u0.shape[0]
     zero = jnp.zeros((), u0.dtype)
     model = Linearization(jnp.zeros((p, p), u0.dtype), jnp.zeros_like(u0), zero)
-    return GaussNewtonState(u=u0, model=model, radius=zero,
+    return GaussNewtonState(u=u0, model=model, use_qr=jnp.asarray(config.factorization == "qr"),
+                            radius=zero,
                             iteration=jnp.asarray(0), resets=jnp.asarray(0),
                             started=jnp.asarray(False), status=jnp.asarray(Status.RUNNING))
 
@@ -73,19 +76,32 @@ def _initial_radius(u, config: Config):
     return config.initial_radius * jnp.maximum(jnp.linalg.norm(u), 1)
 
 
-def update(state: GaussNewtonState, evaluate: Evaluate, lower, upper, rcond: float,
+def rcond(use_qr, p: int, dtype) -> Float[Array, ""]:
+    """Relative singular-value cutoff of R: rounding level of a QR, or of J^T J."""
+    level = 10 * p * float(jnp.finfo(dtype).eps)
+    return jnp.where(use_qr, level, level**0.5).astype(dtype)
+
+
+def ill_conditioned(model: Linearization, limit) -> Bool[Array, ""]:
+    """cond(J) = cond(R) above `limit`, where J^T J loses half the digits."""
+    sv = jnp.linalg.svd(model.factor, compute_uv=False)
+    return sv[-1] * limit < sv[0]
+
+
+def update(state: GaussNewtonState, evaluate: Evaluate, lower, upper,
            config: Config) -> GaussNewtonState:
     """One trust-region iteration (or the evaluation of the start)."""
     eq = state.model
     u = state.u
+    cutoff = rcond(state.use_qr, u.shape[0], u.dtype)
     free = free_variables(u, eq.gradient, lower, upper)
-    step = trust_region_step(eq.factor, eq.qtr, jnp.ones_like(u), state.radius, free, rcond)
+    step = trust_region_step(eq.factor, eq.qtr, jnp.ones_like(u), state.radius, free, cutoff)
     trial = jnp.where(state.started, jnp.clip(u + step, lower, upper), u)
     step = trial - u
     r_step = eq.factor @ step
     predicted = -(eq.qtr @ r_step + 0.5 * r_step @ r_step)
 
-    new = evaluate(trial)
+    new = evaluate(trial, state.use_qr)
     actual = eq.cost - new.cost
     ratio = jnp.where(predicted > 0, actual / jnp.where(predicted > 0, predicted, 1), 0)
     good = new.finite & (predicted > 0) & (actual > config.accept_ratio * predicted)
@@ -119,7 +135,9 @@ def update(state: GaussNewtonState, evaluate: Evaluate, lower, upper, rcond: flo
         Status.RUNNING).astype(state.status.dtype)
 
     radius = jnp.where(recover, _initial_radius(u_next, config), radius)
-    return GaussNewtonState(u=u_next, model=eq_next, radius=radius,
+    use_qr = state.use_qr | (config.factorization == "auto") & new.finite & ill_conditioned(
+        new, config.qr_condition)
+    return GaussNewtonState(u=u_next, model=eq_next, use_qr=use_qr, radius=radius,
                             iteration=iteration, resets=state.resets + recover,
                             started=jnp.asarray(True), status=status)
 

@@ -23,7 +23,7 @@ def trust_region_step(
     scale: Float[Array, " p"],
     radius: Float[Array, ""],
     free: Bool[Array, " p"],
-    rcond: float,
+    rcond: float | Float[Array, ""],
 ) -> Float[Array, " p"]:
     """argmin_s ||R s + qtr||  subject to ||scale * s|| <= radius and s[~free] = 0.
 

@@ -47,12 +47,9 @@ def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> P
     def loss(u):
         return accumulate.cost(residual, jnp.clip(u, lower, upper), sample) / n_sample
 
-    def evaluate(u):
-        return accumulate.linearize(residual, u, data, config.jacobian, config.factorization)
-
-    eps = float(jnp.finfo(u0.dtype).eps)
-    p = u0.shape[0]
-    rcond = 10 * p * eps if config.factorization == "qr" else (10 * p * eps) ** 0.5
+    def evaluate(u, use_qr):
+        return accumulate.linearize(residual, u, data, config.jacobian, config.factorization,
+                                    use_qr)
 
     ws = warmup.init(u0, loss, relative_loss(residual, u0, sample), config)
     length = config.trace_length
@@ -60,7 +57,7 @@ def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> P
     state = PipelineState(
         phase=jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32),
         warmup=ws,
-        gauss_newton=gauss_newton.init(ws.best_u),
+        gauss_newton=gauss_newton.init(ws.best_u, config),
         trace=Trace(nan, nan, nan, jnp.zeros(length, jnp.int32), jnp.asarray(0)))
 
     def record(trace: Trace, phase, cost, grad_norm, radius) -> Trace:
@@ -73,10 +70,10 @@ def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> P
         ws = warmup.update(s.warmup, loss, lower, upper, config)
         phase = jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32)
         trace = record(s.trace, Phase.WARMUP, ws.loss, jnp.linalg.norm(ws.grad), jnp.nan)
-        return PipelineState(phase, ws, gauss_newton.init(ws.best_u), trace)
+        return PipelineState(phase, ws, gauss_newton.init(ws.best_u, config), trace)
 
     def gauss_newton_step(s: PipelineState) -> PipelineState:
-        gs = gauss_newton.update(s.gauss_newton, evaluate, lower, upper, rcond, config)
+        gs = gauss_newton.update(s.gauss_newton, evaluate, lower, upper, config)
         phase = jnp.where(gs.running, Phase.GAUSS_NEWTON, _DONE).astype(jnp.int32)
         gradient = gs.model.gradient
         free = gauss_newton.free_variables(gs.u, gradient, lower, upper)
@@ -85,6 +82,8 @@ def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> P
         return PipelineState(phase, s.warmup, gs, trace)
 
     def body(s: PipelineState) -> PipelineState:
+        if not config.warmup:  # no warmup branch to compile
+            return gauss_newton_step(s)
         return jax.lax.switch(s.phase - 1, [warmup_step, gauss_newton_step], s)
 
     return jax.lax.while_loop(lambda s: s.phase != _DONE, body, state)
