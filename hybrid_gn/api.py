@@ -11,7 +11,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import PyTree
 
-from . import pipeline
+from . import accumulate, gauss_newton, implicit, pipeline
 from .config import Config, with_tolerances
 from .covariance import covariance
 from .data import make_data
@@ -29,11 +29,17 @@ def fit(
     *,
     sigma=None,
     bounds=None,
+    args: PyTree = None,
     absolute_sigma: bool = False,
     check_finite: bool = True,
     config: Config | None = None,
 ) -> Result:
     """Fit `model(params, x) ~ y` by least squares; returns a `Result` pytree.
+
+    With `args` given, the model is called as `model(params, x, args)`.
+    `Result.params` is differentiable (forward and reverse mode) with respect
+    to `x`, `y`, `sigma` and `args` by implicit differentiation at the
+    solution; the other fields carry no derivatives.
 
     `p0` is any pytree of arrays (the structure of `params`); `x` a pytree of
     arrays with leading axis n; `y` of shape (n,); `sigma` None or (n,)
@@ -44,14 +50,18 @@ def fit(
     bounds, p0 inside bounds) whenever the inputs are concrete.
     """
     config = Config() if config is None else config
-    validate(model, p0, x, y, sigma, bounds, check_finite, config)
-    return _fit(model, p0, x, y, sigma, bounds, absolute_sigma, config)
+    validate(model, p0, x, y, sigma, bounds, check_finite, config, args)
+    return _fit(model, p0, x, y, sigma, bounds, args, absolute_sigma, config)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _fit(model, p0, x, y, sigma, bounds, absolute_sigma, config: Config) -> Result:
+def _fit(model, p0, x, y, sigma, bounds, args, absolute_sigma, config: Config) -> Result:
     dtype = _float_dtype(p0, y)
     config = with_tolerances(config, dtype)
+    # the loop runs on constants; derivatives come from implicit.solution below
+    eta = (x, y, sigma, args)
+    x, y, sigma, args, p0, bounds, config = jax.lax.stop_gradient(
+        (x, y, sigma, args, p0, bounds, config))
     p0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), p0)
     theta0, unravel = ravel_pytree(p0)
     lb, ub = flat_bounds(bounds, p0, dtype)
@@ -64,16 +74,27 @@ def _fit(model, p0, x, y, sigma, bounds, absolute_sigma, config: Config) -> Resu
         theta = norm.to_params(u)
         return theta + jax.lax.stop_gradient(jnp.clip(theta, lb, ub) - theta)
 
-    def residual(u, xc, yc, wc):
-        f = jnp.asarray(model(unravel(to_params(u)), xc), dtype)
-        return jnp.where(wc > 0, wc * (f - yc), 0)
+    def residual_with(model_args):
+        def residual(u, xc, yc, wc):
+            params = unravel(to_params(u))
+            f = model(params, xc) if model_args is None else model(params, xc, model_args)
+            return jnp.where(wc > 0, wc * (jnp.asarray(f, dtype) - yc), 0)
+        return residual
 
-    state = pipeline.run(residual, u0, lower, upper, data, config)
+    state = pipeline.run(residual_with(args), u0, lower, upper, data, config)
     gs, ws = state.gauss_newton, state.warmup
+
+    def objective(u, eta):
+        x, y, sigma, model_args = eta
+        return accumulate.cost(residual_with(model_args), u,
+                               make_data(x, y, sigma, config.chunk_size, dtype))
+
+    free = gauss_newton.free_variables(gs.u, gs.model.gradient, lower, upper)
+    u_final = implicit.solution(objective, gs.u, free, eta)
     n_points = jnp.sum(data.weight > 0)
     pcov = covariance(gs.model.factor, gs.model.cost, norm.scale, n_points, absolute_sigma)
     return Result(
-        params=unravel(to_params(gs.u)), pcov=pcov,
+        params=unravel(to_params(u_final)), pcov=pcov,
         perr=unravel(jnp.sqrt(jnp.diagonal(pcov))), cost=gs.model.cost,
         status=gs.status, warmup_reason=ws.reason, warmup_mode=ws.mode,
         warmup_iterations=ws.iteration, gn_iterations=gs.iteration,
@@ -108,7 +129,8 @@ def _concrete(*trees) -> bool:
     return not any(isinstance(a, jax.core.Tracer) for t in trees for a in jax.tree.leaves(t))
 
 
-def validate(model, p0, x, y, sigma, bounds, check_finite: bool, config: Config) -> None:
+def validate(model, p0, x, y, sigma, bounds, check_finite: bool, config: Config,
+             args: PyTree = None) -> None:
     """Raise a clear ValueError/TypeError for bad input, before any tracing."""
     if not callable(model):
         raise TypeError(f"model must be callable as model(params, x), got {type(model).__name__}")
@@ -139,8 +161,9 @@ def validate(model, p0, x, y, sigma, bounds, check_finite: bool, config: Config)
     if bounds is not None and not (isinstance(bounds, tuple | list) and len(bounds) == 2):
         raise ValueError("bounds must be a pair (lower, upper)")
     dtype = _float_dtype(p0, y)
-    lb, ub = flat_bounds(bounds, p0, dtype) if _concrete(bounds) else (None, None)
-    _check_model_shape(model, p0, x, n, config)
+    with jax.ensure_compile_time_eval():  # concrete values even under an outer jit
+        lb, ub = flat_bounds(bounds, p0, dtype) if _concrete(bounds) else (None, None)
+    _check_model_shape(model, p0, x, n, config, args)
     if not _concrete(p0, x, y, sigma, bounds):
         return
     if check_finite:
@@ -153,7 +176,8 @@ def validate(model, p0, x, y, sigma, bounds, check_finite: bool, config: Config)
             _check_finite("p0", leaf)
     if sigma is not None and not np.all(np.asarray(sigma) > 0):
         raise ValueError("sigma must be strictly positive")
-    theta0 = np.asarray(ravel_pytree(jax.tree.map(lambda a: jnp.asarray(a, dtype), p0))[0])
+    with jax.ensure_compile_time_eval():
+        theta0 = np.asarray(ravel_pytree(jax.tree.map(lambda a: jnp.asarray(a, dtype), p0))[0])
     lb, ub = np.asarray(lb), np.asarray(ub)
     if np.any(np.isnan(lb)) or np.any(np.isnan(ub)):
         raise ValueError("bounds contain NaN")
@@ -179,12 +203,13 @@ def _check_finite(name: str, a) -> None:
                          f"pass check_finite=False")
 
 
-def _check_model_shape(model, p0, x, n: int, config: Config) -> None:
+def _check_model_shape(model, p0, x, n: int, config: Config, args: PyTree) -> None:
     size = min(config.chunk_size, n)
     chunk = jax.tree.map(lambda a: jax.ShapeDtypeStruct((size, *np.shape(a)[1:]),
                                                         jnp.result_type(a)), x)
     params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), p0)
-    out = jax.eval_shape(model, params, chunk)
+    out = (jax.eval_shape(model, params, chunk) if args is None
+           else jax.eval_shape(model, params, chunk, args))
     if not isinstance(out, jax.ShapeDtypeStruct) or tuple(out.shape) != (size,):
         shape = out.shape if isinstance(out, jax.ShapeDtypeStruct) else type(out).__name__
         raise ValueError(f"model(params, x) must return one value per point: for a chunk of "
