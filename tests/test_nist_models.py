@@ -14,6 +14,10 @@ import numpy as np
 import pytest
 from nist_problems import DATA_DIR, NAMES, load
 
+# Checks the transcription of the data and models; test_nist.py's certified-value
+# assertions would already fail on a wrong model, so this runs with the slow tests.
+pytestmark = pytest.mark.slow
+
 RSS_RTOL = 1e-6
 
 # Lanczos1 is fitted to noise-free data, so its certified RSS (1.43e-25) is made of
