@@ -15,6 +15,7 @@ import jax
 if "JAX_ENABLE_X64" not in os.environ:
     jax.config.update("jax_enable_x64", True)
 
+from . import sampling  # noqa: E402
 from .api import fit  # noqa: E402
 from .config import Config  # noqa: E402
 from .curve_fit import CovarianceWarning, curve_fit  # noqa: E402
@@ -29,6 +30,7 @@ __all__ = [
     "Trace",
     "WarmupMode",
     "WarmupReason",
+    "sampling",
     "curve_fit",
     "fit",
 ]

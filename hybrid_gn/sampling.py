@@ -3,14 +3,16 @@
 Every generator is a pure function of a PRNG key. The point count `n` and the dimension
 `d` fix array shapes, so they are static Python ints; everything else traces, so the
 generators jit and vmap over keys. Unscrambled Sobol' and Halton points equal
-`scipy.stats.qmc.Sobol(d, scramble=False)` / `Halton(d, scramble=False)` without scipy at run
-time: the Sobol' direction numbers ship in `data/sobol_directions.npz`, which holds the
-first rows of `new-joe-kuo-6.21201` (S. Joe and F. Y. Kuo, "Constructing Sobol sequences
-with better two-dimensional projections", SIAM J. Sci. Comput. 30, 2635-2654, 2008;
-https://web.maths.unsw.edu.au/~fkuo/sobol/), the table scipy also uses.
+`scipy.stats.qmc.Sobol(d, scramble=False)` / `Halton(d, scramble=False)` without needing
+scipy at run time: the Sobol' direction numbers ship in `data/sobol_directions.npz`, the
+rows for dimensions 2..1024 of `new-joe-kuo-6.21201` (S. Joe and F. Y. Kuo, "Constructing
+Sobol sequences with better two-dimensional projections", SIAM J. Sci. Comput. 30,
+2635-2654, 2008; https://web.maths.unsw.edu.au/~fkuo/sobol/), the table scipy also uses.
 
-`candidates` maps unit-cube points to starting points of a fit: into the box where both
-bounds of a parameter are finite, else into a box around `p0`.
+Scrambling (randomized QMC, needs a key): Sobol' gets a linear matrix scramble plus a
+digital shift, Halton gets Owen's random digit permutations; both keep their
+stratification. `candidates` maps unit-cube points to starting points of a fit: into the
+box where both bounds of a parameter are finite, else into a box around `p0`.
 """
 
 from __future__ import annotations
@@ -58,6 +60,16 @@ def _require_key(key: PRNGKeyArray | None, what: str) -> PRNGKeyArray:
     return key
 
 
+def _random_bits(key: PRNGKeyArray, shape: tuple[int, ...]) -> Array:
+    """Random uint32 words of `shape`, drawn flat: multi-axis draws compile ~5x slower on CPU."""
+    return jax.random.bits(key, (math.prod(shape),), jnp.uint32).reshape(shape)
+
+
+def _random_uniform(key: PRNGKeyArray, shape: tuple[int, ...], dtype) -> Array:
+    """Uniform [0, 1) floats of `shape`, drawn flat for the same compile-time reason."""
+    return jax.random.uniform(key, (math.prod(shape),), dtype).reshape(shape)
+
+
 def _below_one(x: Array) -> Array:
     """Clamp to the largest float below 1 (rounding can reach 1.0 in float32)."""
     return jnp.minimum(x, jnp.nextafter(jnp.ones((), x.dtype), jnp.zeros((), x.dtype)))
@@ -98,21 +110,22 @@ def sobol_max_dim() -> int:
     return _sobol_directions().shape[0]
 
 
-def _linear_matrix_scramble(key: PRNGKeyArray, v: Array) -> Array:
+def _linear_matrix_scramble(words: Array, v: Array) -> Array:
     """Left-multiply each generator matrix by a random unit lower-triangular bit matrix.
 
-    Matousek's (1998) linear matrix scramble, as in scipy's default: output bit k mixes
-    input bits 0..k (most significant first), so every (t, m, s)-net property survives.
+    Matousek's (1998) linear matrix scramble, as in scipy's default: output bit k (most
+    significant first) is the parity of input bits 0..k picked by row k of the matrix, so
+    every (t, m, s)-net property survives. Row k is a uint32 mask: bit k set, the random
+    bits of `words[i, k]` above it, nothing below. v: (d, 32) direction numbers.
     """
-    d = v.shape[0]
-    rows = jnp.arange(_SOBOL_BITS, dtype=jnp.uint32)
-    shifts = jnp.uint32(_SOBOL_BITS - 1) - rows
-    bits = ((v[:, None, :] >> shifts[None, :, None]) & 1).astype(jnp.int32)  # (dim, bit, col)
-    coin = jax.random.bernoulli(key, 0.5, (d, _SOBOL_BITS, _SOBOL_BITS)).astype(jnp.int32)
-    eye = jnp.eye(_SOBOL_BITS, dtype=jnp.int32)
-    lower = jnp.where(rows[:, None] > rows[None, :], coin, eye)
-    mixed = (jnp.einsum("dkl,dlj->dkj", lower, bits) & 1).astype(jnp.uint32)
-    return jnp.sum(mixed << shifts[None, :, None], axis=1, dtype=jnp.uint32)
+    k = np.arange(_SOBOL_BITS)
+    diagonal = np.left_shift(1, _SOBOL_BITS - 1 - k).astype(np.uint32)
+    above = np.array([(2**32 - 1) << (32 - i) & (2**32 - 1) for i in k], dtype=np.uint32)
+    rows = (words & above) | diagonal  # (d, k)
+    parity = jax.lax.population_count(rows[:, :, None] & v[:, None, :]) & 1  # (d, k, j)
+    return jnp.sum(
+        parity << (_SOBOL_BITS - 1 - k)[None, :, None].astype(np.uint32), axis=1, dtype=jnp.uint32
+    )
 
 
 def _uint32_to_unit(x: Array) -> Array:
@@ -132,26 +145,36 @@ def sobol(
     point 0). `scramble=True` needs `key` and applies a linear matrix scramble plus a
     random digital shift (XOR with random bits), like scipy's default: points stay a
     (t, m, d)-net (n = 2**m keeps the balance) but are no longer deterministic corners.
-    Without `scramble` the key is ignored. Works for n < 2**32 and d <= `sobol_max_dim()`.
+    Without `scramble` the key is ignored. Works for n <= 2**32 and d <= `sobol_max_dim()`
+    (1024). In float32 mode the 32-bit fractions are truncated to 24 bits.
     """
     n, d = _check_sizes(n, d)
-    table = _sobol_directions()
-    if d > table.shape[0]:
-        raise ValueError(f"sobol supports d <= {table.shape[0]}, got d={d}")
+    if d > sobol_max_dim():
+        raise ValueError(f"sobol supports d <= {sobol_max_dim()}, got d={d}")
     if n > 2**_SOBOL_BITS:
         raise ValueError(f"sobol supports n <= 2**{_SOBOL_BITS}, got n={n}")
-    v = jnp.asarray(table[:d])
+    key = _require_key(key, "sobol") if scramble else None  # unscrambled: one compile
+    return _sobol(n, d, key, scramble)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 3))
+def _sobol(n: int, d: int, key: PRNGKeyArray | None, scramble: bool) -> Array:
+    """Jitted body of `sobol` (arguments validated; key is None unless scrambling)."""
+    v = jnp.asarray(_sobol_directions()[:d])
     shift = jnp.zeros((d,), jnp.uint32)
     if scramble:
-        k_matrix, k_shift = jax.random.split(_require_key(key, "sobol"))
-        v = _linear_matrix_scramble(k_matrix, v)
-        shift = jax.random.bits(k_shift, (d,), jnp.uint32)
+        words = _random_bits(key, (d, _SOBOL_BITS + 1))
+        v = _linear_matrix_scramble(words[:, :_SOBOL_BITS], v)
+        shift = words[:, _SOBOL_BITS]
     index = jnp.arange(n, dtype=jnp.uint32)
     gray = index ^ (index >> 1)
-    x = jnp.broadcast_to(shift, (n, d))
-    for j in range(max(n - 1, 0).bit_length()):
-        on = ((gray >> j) & 1).astype(bool)[:, None]
-        x = x ^ jnp.where(on, v[None, :, j], jnp.uint32(0))
+
+    def add_bit(j, x):
+        on = ((gray >> j.astype(jnp.uint32)) & 1).astype(bool)[:, None]
+        return x ^ jnp.where(on, v[:, j][None, :], jnp.uint32(0))
+
+    bits = max(n - 1, 0).bit_length()
+    x = jax.lax.fori_loop(0, bits, add_bit, jnp.broadcast_to(shift, (n, d)))
     return _uint32_to_unit(x)
 
 
@@ -182,21 +205,22 @@ def _num_digits(value: int, bases: np.ndarray) -> np.ndarray:
 
 
 def _digit_permutations(
-    key: PRNGKeyArray, bases: np.ndarray, counts: np.ndarray
+    sort_keys: Array, bases: np.ndarray, counts: np.ndarray, width: int
 ) -> tuple[Array, np.ndarray]:
     """Independent uniform permutations of range(b), `counts[i]` of them for dimension i.
 
-    Ragged segments in one flat table, shuffled at once by sorting random keys within each
-    segment. Returns the table and `offsets[i, k]`, where permutation (i, k) starts.
+    Ragged segments in one flat table, shuffled at once by sorting the random `sort_keys`
+    (one per table entry) within each segment. Returns the table and `offsets[i, k]`
+    (shape (d, max(width, 1))), where permutation (i, k) starts.
     """
     dim = np.repeat(np.arange(len(bases)), counts)
     digit = np.concatenate([np.arange(c) for c in counts]) if len(dim) else dim
     sizes = bases[dim]
     starts = (np.cumsum(sizes) - sizes).astype(np.int64)
-    offsets = np.zeros((len(bases), max(int(counts.max(initial=0)), 1)), dtype=np.int64)
+    offsets = np.zeros((len(bases), max(width, 1)), dtype=np.int64)
     offsets[dim, digit] = starts
     segment = np.repeat(np.arange(len(sizes)), sizes)
-    order = jnp.lexsort((jax.random.uniform(key, (len(segment),)), jnp.asarray(segment)))
+    order = jnp.lexsort((sort_keys, jnp.asarray(segment)))
     return order - jnp.asarray(np.repeat(starts, sizes)), offsets
 
 
@@ -211,68 +235,80 @@ def halton(
     random digit permutations, as scipy does: an independent uniform permutation of the
     digits for each dimension and digit position, over all positions that matter in double
     precision (ceil(54 / log2 b) - 1), so leading zero digits get scrambled too. Without
-    `scramble` the key is ignored. Scrambling costs O(sum of the first d primes) memory.
+    `scramble` the key is ignored. Scrambling builds at most sum_j b_j * (number of base-b_j
+    digits of n - 1) permutation entries, about the sum of the first d primes for small n.
     """
     n, d = _check_sizes(n, d)
+    key = _require_key(key, "halton") if scramble else None  # unscrambled: one compile
+    return _halton(n, d, key, scramble)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 3))
+def _halton(n: int, d: int, key: PRNGKeyArray | None, scramble: bool) -> Array:
+    """Jitted body of `halton` (arguments validated; key is None unless scrambling)."""
     dtype = _float_dtype()
     bases = first_primes(d)
     digits = _num_digits(max(n - 1, 0), bases)
-    if scramble:
-        k_perm, k_digit = jax.random.split(_require_key(key, "halton"))
-        counts = np.ceil(54 / np.log2(np.maximum(bases, 2))).astype(np.int64) - 1
-        permuted = np.minimum(digits, counts)  # positions some index reaches: permute
-        table, offsets = _digit_permutations(k_perm, bases, permuted)
-        # beyond those, every digit is 0 and only the image of 0 matters: a uniform digit
-        high = jax.random.randint(k_digit, (d, int(counts.max(initial=0))), 0, bases[:, None])
-    else:
-        counts = permuted = digits
     itype = jax.dtypes.canonicalize_dtype(jnp.int64)
     b = jnp.asarray(bases, itype)
     fb = jnp.asarray(bases, dtype)
-    b2r = 1.0 / fb
-    q = jnp.broadcast_to(jnp.arange(n, dtype=itype)[:, None], (n, d))
-    x = jnp.zeros((n, d), dtype)
-    for k in range(int(counts.max(initial=0))):
+    tail = jnp.zeros((d,), dtype)
+    if scramble:
+        # Owen's scheme permutes positions 0 .. counts-1. Positions some index reaches get
+        # a permutation each; beyond them every digit is 0, its image a uniform random digit,
+        # so those positions add a per-dimension constant `tail`.
+        counts = np.ceil(54 / np.log2(np.maximum(bases, 2))).astype(np.int64) - 1
+        width = max(int(counts.max(initial=0)), 1)
+        size = int(np.dot(digits, bases))
+        u = _random_uniform(key, (size + d * width,), dtype)
+        table, offsets = _digit_permutations(u[:size], bases, digits, width)
+        high = jnp.minimum(jnp.floor(u[size:].reshape(d, width) * fb[:, None]), fb[:, None] - 1)
+        k = np.arange(width)
+        weight = fb[:, None] ** -(k + 1.0)
+        beyond = (k >= digits[:, None]) & (k < counts[:, None])
+        tail = jnp.sum(jnp.where(beyond, high * weight, 0), axis=1)
+
+    def add_digit(k, carry):
+        x, q, b2r = carry  # same operations, same order as scipy: x += digit * b**-(k+1)
         digit = q % b
-        if scramble:
-            if k < offsets.shape[1] and table.size:
-                image = jnp.take(table, jnp.asarray(offsets[:, k], itype) + digit, mode="clip")
-            else:
-                image = digit
-            digit = jnp.where(k < permuted, image, high[:, k])
-            digit = jnp.where(k < counts, digit, 0)
-        x = x + digit.astype(dtype) * b2r
-        b2r = b2r / fb
-        q = q // b
-    return _below_one(x) if scramble else x
+        if scramble and table.size:  # (no table when n <= 1: the loop never runs)
+            image = jnp.take(table, jnp.asarray(offsets, itype)[:, k] + digit, mode="clip")
+            digit = jnp.where(k < digits, image, 0)
+        return x + digit.astype(dtype) * b2r, q // b, b2r / fb
+
+    q = jnp.broadcast_to(jnp.arange(n, dtype=itype)[:, None], (n, d))
+    init = (jnp.zeros((n, d), dtype), q, 1.0 / fb)
+    x = jax.lax.fori_loop(0, int(digits.max(initial=0)), add_digit, init)[0]
+    return _below_one(x + tail)  # clamping is a no-op in float64 for any reachable n
 
 
 # --------------------------------------------------------------------------- LHS, random
 
 
+@functools.partial(jax.jit, static_argnames=("n", "d"))
 def latin_hypercube(n: int, d: int, *, key: PRNGKeyArray) -> Float[Array, "n d"]:
     """`n` points in [0, 1)^d with exactly one point in each stratum [k/n, (k+1)/n) per axis.
 
-    Independent random permutations assign strata per dimension; the position inside a
-    stratum is uniform. Points are clamped into their stratum so rounding in (k + u) / n
-    cannot push one onto the next stratum's left edge.
+    Independent random permutations (argsort of uniforms) assign strata per dimension; the
+    position inside a stratum is uniform. Points are clamped into their stratum so rounding
+    in (k + u) / n cannot push one onto the next stratum's left edge.
     """
     n, d = _check_sizes(n, d)
     dtype = _float_dtype()
     if n == 0 or d == 0:
         return jnp.zeros((n, d), dtype)
-    k_perm, k_unif = jax.random.split(key)
-    perms = jax.vmap(lambda k: jax.random.permutation(k, n))(jax.random.split(k_perm, d))
-    stratum = perms.T.astype(dtype)
-    x = (stratum + jax.random.uniform(k_unif, (n, d), dtype)) / n
+    u = _random_uniform(key, (2, n, d), dtype)
+    stratum = jnp.argsort(u[0], axis=0).astype(dtype)  # a uniform permutation per column
+    x = (stratum + u[1]) / n
     right = jnp.nextafter((stratum + 1) / n, jnp.zeros((), dtype))
     return jnp.clip(x, stratum / n, right)
 
 
+@functools.partial(jax.jit, static_argnames=("n", "d"))
 def uniform(n: int, d: int, *, key: PRNGKeyArray) -> Float[Array, "n d"]:
     """`n` independent uniform points in [0, 1)^d (the plain Monte Carlo baseline)."""
     n, d = _check_sizes(n, d)
-    return jax.random.uniform(key, (n, d), _float_dtype())
+    return _random_uniform(key, (n, d), _float_dtype())
 
 
 def unit_points(method: Method, n: int, d: int, *, key: PRNGKeyArray) -> Float[Array, "n d"]:
@@ -344,12 +380,27 @@ def candidates(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if isinstance(box_scale, int | float) and not box_scale > 0:
         raise ValueError(f"box_scale must be positive, got {box_scale}")
-    lo, hi, center = candidate_box(p0, lower, upper, box_scale=box_scale)
+    p0 = jnp.asarray(p0)
+    lower = None if lower is None else jnp.asarray(lower)
+    upper = None if upper is None else jnp.asarray(upper)
+    lo, hi, center = _jit_box(p0, lower, upper, box_scale)
+    drawn = n - 1 if include_p0 and n > 0 else n
+    u = unit_points(method, drawn, center.size, key=key)
+    return _place(u, lo, hi, center, include_p0 and n > 0)
+
+
+@jax.jit
+def _jit_box(p0, lower, upper, box_scale):
+    """`candidate_box`, compiled once per shape and shared by all methods."""
+    return candidate_box(p0, lower, upper, box_scale=box_scale)
+
+
+@functools.partial(jax.jit, static_argnums=(4,))
+def _place(u: Array, lo: Array, hi: Array, center: Array, include_p0: bool) -> Array:
+    """Map unit points (m, p) onto the box [lo, hi] (shape of p0), p0 first if asked."""
     shape = center.shape
     lo, hi, center = lo.ravel(), hi.ravel(), center.ravel()
-    drawn = n - 1 if include_p0 and n > 0 else n
-    u = unit_points(method, drawn, center.size, key=key).astype(center.dtype)
-    points = jnp.clip(lo + u * (hi - lo), lo, hi)
-    if include_p0 and n > 0:
+    points = jnp.clip(lo + u.astype(center.dtype) * (hi - lo), lo, hi)
+    if include_p0:
         points = jnp.concatenate([center[None], points])
-    return points.reshape((n, *shape))
+    return points.reshape((points.shape[0], *shape))
