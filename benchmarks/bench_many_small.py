@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1e3,1e4")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per run")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--b", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -136,7 +137,12 @@ def main() -> None:
         for method in args.methods.split(","):
             cmd = [sys.executable, __file__, "--child", method, "--b", str(b),
                    "--repeats", str(args.repeats)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                     timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                print(f"  {method:20s} B={b:.0e} timed out after {args.timeout} s", flush=True)
+                continue
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
             print(f"  {method:20s} B={b:.0e} {r['fits_per_s']:10.0f} fits/s  compile "
@@ -144,10 +150,10 @@ def main() -> None:
     print("\n| B | method | fits/s | warm s (all B) | compile s | success | ratio vs hybrid_gn |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        ref = next(q for q in rows if q["B"] == r["B"] and q["method"] == "hybrid_gn")
+        ref = next((q for q in rows if q["B"] == r["B"] and q["method"] == "hybrid_gn"), None)
+        ratio = f"{ref['fits_per_s'] / r['fits_per_s']:.2f}" if ref else "-"
         print(f"| {r['B']:.0e} | {r['method']} | {r['fits_per_s']:.0f} | {r['warm']:.2f} | "
-              f"{r['compile']:.1f} | {r['success']:.3f} | "
-              f"{ref['fits_per_s'] / r['fits_per_s']:.2f} |")
+              f"{r['compile']:.1f} | {r['success']:.3f} | {ratio} |")
 
 
 if __name__ == "__main__":
