@@ -1,7 +1,13 @@
-"""The whole fit, warmup then Gauss-Newton, as one `lax.while_loop`.
+"""The whole fit, warmup then Gauss-Newton, inside one jitted function.
 
-The loop state holds both phases' states and a phase code; each iteration
-advances the active phase by one pure `update` and records a trace entry.
+The state holds both phases' states, a phase code and the trace; each
+iteration advances the active phase by one pure `update` and records a
+trace entry. The phases run as two consecutive `lax.while_loop`s over that
+one state rather than one loop switching on the phase: under `vmap` a
+switch on a batched phase runs both branches every iteration (measured: the
+two loops fit 1e4 small problems 1.7x faster), and XLA's CPU runtime was
+seen to hang intermittently on the batched switch around the line search's
+own loop.
 """
 
 from __future__ import annotations
@@ -81,9 +87,6 @@ def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> P
         trace = record(s.trace, Phase.GAUSS_NEWTON, gs.model.cost, grad_norm, gs.radius)
         return PipelineState(phase, s.warmup, gs, trace)
 
-    def body(s: PipelineState) -> PipelineState:
-        if not config.warmup:  # no warmup branch to compile
-            return gauss_newton_step(s)
-        return jax.lax.switch(s.phase - 1, [warmup_step, gauss_newton_step], s)
-
-    return jax.lax.while_loop(lambda s: s.phase != _DONE, body, state)
+    if config.warmup:
+        state = jax.lax.while_loop(lambda s: s.phase == Phase.WARMUP, warmup_step, state)
+    return jax.lax.while_loop(lambda s: s.phase != _DONE, gauss_newton_step, state)
