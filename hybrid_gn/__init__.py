@@ -1,6 +1,6 @@
 """hybrid_gn: pure-JAX nonlinear least squares for huge data and many problems.
 
-Four phases in one jitted `lax.while_loop`: parameter normalization, an
+Four phases in one jitted function (no host round trips): parameter normalization, an
 L-BFGS warmup with divergence defenses, streaming trust-region Gauss-Newton
 with exact J^T J, and `curve_fit`-style covariance.
 
