@@ -65,12 +65,14 @@ def _jitted_fit(top_level: bool):
     user's options apply), and the option is checked once, so an XLA without
     it just keeps its defaults.
     """
-    options = {"xla_cpu_use_fusion_emitters": False} if top_level else {}
+    if not top_level:
+        return jax.jit(_fit, static_argnames=("model",))
+    options = {"xla_cpu_use_fusion_emitters": False}
     try:
         jax.jit(jnp.negative).lower(1.0).compile(compiler_options=options)
     except Exception:  # an XLA without this option: keep its defaults
-        options = {}
-    return jax.jit(_fit, static_argnames=("model",), compiler_options=options or None)
+        return jax.jit(_fit, static_argnames=("model",))
+    return jax.jit(_fit, static_argnames=("model",), compiler_options=options)
 
 
 def _fit(model, p0, x, y, sigma, bounds, args, absolute_sigma, config: Config) -> Result:

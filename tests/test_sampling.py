@@ -75,17 +75,12 @@ SCIPY_SIZES = [(1, 20), (7, 5), (64, 2), (1000, 1), (1000, 20)]
 
 
 @pytest.mark.parametrize("n, d", SCIPY_SIZES)
-def test_sobol_matches_scipy(n, d):
-    expected = qmc.Sobol(d, scramble=False).random(n)
-    got = np.asarray(sampling.sobol(n, d))
-    assert got.dtype == np.float64 and got.shape == (n, d)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-15)
-
-
-@pytest.mark.parametrize("n, d", SCIPY_SIZES)
-def test_halton_matches_scipy(n, d):
-    expected = qmc.Halton(d, scramble=False).random(n)
-    got = np.asarray(sampling.halton(n, d))
+@pytest.mark.parametrize(("ours", "reference"), [(sampling.sobol, qmc.Sobol),
+                                                 (sampling.halton, qmc.Halton)],
+                         ids=["sobol", "halton"])
+def test_unscrambled_sequence_matches_scipy(ours, reference, n, d):
+    expected = reference(d, scramble=False).random(n)
+    got = np.asarray(ours(n, d))
     assert got.dtype == np.float64 and got.shape == (n, d)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-15)
 
