@@ -86,31 +86,73 @@ def linearize(residual: ResidualFn, u, data: Data, mode: JacobianMode,
     """
     forward = use_forward_mode(mode, u.shape[0], data.chunk_size)
 
-    def chunk(i):
+    def fold(acc, i):
         x, y, w = data.chunk(i)
-        return chunk_jacobian(residual, u, x, y, w, forward)
+        return fold_chunk(residual, u, acc, x, y, w, forward), None
 
-    def by_qr():
-        return _linearize_qr(chunk, data.n_chunks, u.shape[0], u.dtype)
-
-    def by_normal():
-        return _linearize_normal(chunk, data.n_chunks)
+    def by(qr: bool):
+        def reduce():
+            acc = empty_accumulator(u.shape[0], u.dtype, qr)
+            if data.n_chunks == 1:
+                acc, _ = fold(acc, 0)
+            else:
+                acc, _ = jax.lax.scan(fold, acc, jnp.arange(data.n_chunks))
+            return finish(acc)
+        return reduce
 
     if factorization == "qr":
-        return by_qr()
+        return by(True)()
     if factorization == "normal":
-        return by_normal()
-    return jax.lax.cond(use_qr, by_qr, by_normal)
+        return by(False)()
+    return jax.lax.cond(use_qr, by(True), by(False))
 
 
-def _linearize_normal(chunk, n_chunks: int) -> Linearization:
-    def stats(i):
-        r, jac = chunk(i)
-        return (jnp.dot(jac.T, jac, precision=_HIGHEST), jnp.dot(jac.T, r, precision=_HIGHEST),
-                0.5 * jnp.dot(r, r, precision=_HIGHEST))
+class NormalAccumulator(eqx.Module):
+    """Running sums J^T J, J^T r and cost over the chunks seen so far."""
 
-    jtj, jtr, cost = _sum_over_chunks(stats, n_chunks)
-    return from_normal_equations(jtj, jtr, cost)
+    jtj: Float[Array, "p p"]
+    jtr: Float[Array, " p"]
+    cost: Float[Array, ""]
+
+
+class QRAccumulator(eqx.Module):
+    """Running triangular factor of [J | r] over the chunks seen so far, and the cost."""
+
+    r_aug: Float[Array, "p+1 p+1"]
+    cost: Float[Array, ""]
+
+
+Accumulator = NormalAccumulator | QRAccumulator
+
+
+def empty_accumulator(p: int, dtype, qr: bool) -> Accumulator:
+    """The accumulator before any chunk: zeros."""
+    if qr:
+        return QRAccumulator(jnp.zeros((p + 1, p + 1), dtype), jnp.zeros((), dtype))
+    return NormalAccumulator(jnp.zeros((p, p), dtype), jnp.zeros(p, dtype), jnp.zeros((), dtype))
+
+
+def fold_chunk(residual: ResidualFn, u, acc: Accumulator, x, y, w, forward: bool) -> Accumulator:
+    """`acc` with one more chunk (x, y, weight w) folded in: the one accumulation step.
+
+    Both the fused driver (inside a `lax.scan`) and the streaming driver (one
+    jitted call per chunk from the host) fold chunks with this function.
+    """
+    r, jac = chunk_jacobian(residual, u, x, y, w, forward)
+    cost = acc.cost + 0.5 * jnp.dot(r, r, precision=_HIGHEST)
+    if isinstance(acc, QRAccumulator):
+        stacked = jnp.concatenate([acc.r_aug, jnp.concatenate([jac, r[:, None]], axis=1)])
+        return QRAccumulator(jnp.linalg.qr(stacked, mode="r"), cost)
+    return NormalAccumulator(acc.jtj + jnp.dot(jac.T, jac, precision=_HIGHEST),
+                             acc.jtr + jnp.dot(jac.T, r, precision=_HIGHEST), cost)
+
+
+def finish(acc: Accumulator) -> Linearization:
+    """The Gauss-Newton model from a complete accumulation."""
+    if isinstance(acc, QRAccumulator):
+        p = acc.r_aug.shape[0] - 1
+        return Linearization(acc.r_aug[:p, :p], acc.r_aug[:p, p], acc.cost)
+    return from_normal_equations(acc.jtj, acc.jtr, acc.cost)
 
 
 def from_normal_equations(jtj, jtr, cost) -> Linearization:
@@ -126,22 +168,6 @@ def from_normal_equations(jtj, jtr, cost) -> Linearization:
     proj = eigvec.T @ jtr
     qtr = jnp.where(informative, proj / jnp.where(informative, s, 1), 0)
     return Linearization(s[:, None] * eigvec.T, qtr, cost)
-
-
-def _linearize_qr(chunk, n_chunks: int, p: int, dtype) -> Linearization:
-    def fold(carry, i):
-        r_aug, cost = carry
-        r, jac = chunk(i)
-        stacked = jnp.concatenate([r_aug, jnp.concatenate([jac, r[:, None]], axis=1)])
-        cost = cost + 0.5 * jnp.dot(r, r, precision=_HIGHEST)
-        return (jnp.linalg.qr(stacked, mode="r"), cost), None
-
-    start = (jnp.zeros((p + 1, p + 1), dtype), jnp.zeros((), dtype))
-    if n_chunks == 1:
-        (r_aug, cost), _ = fold(start, 0)
-    else:
-        (r_aug, cost), _ = jax.lax.scan(fold, start, jnp.arange(n_chunks))
-    return Linearization(r_aug[:p, :p], r_aug[:p, p], cost)
 
 
 def cost(residual: ResidualFn, u, data: Data) -> Float[Array, ""]:

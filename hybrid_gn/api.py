@@ -14,8 +14,8 @@ from jaxtyping import PyTree
 from . import accumulate, gauss_newton, implicit, pipeline
 from .config import Config, with_tolerances
 from .covariance import covariance
-from .data import make_data
-from .normalize import make_normalization
+from .data import Data, make_data
+from .problem import Problem, flat_bounds, make_problem
 from .result import Result
 
 Model = Callable[[PyTree, PyTree], jax.Array]
@@ -30,6 +30,7 @@ def fit(
     sigma=None,
     bounds=None,
     args: PyTree = None,
+    mask=None,
     absolute_sigma: bool = False,
     check_finite: bool = True,
     config: Config | None = None,
@@ -44,15 +45,19 @@ def fit(
     `p0` is any pytree of arrays (the structure of `params`); `x` a pytree of
     arrays with leading axis n; `y` of shape (n,); `sigma` None or (n,)
     standard deviations (residuals are divided by them); `bounds` None or
-    `(lower, upper)`, each a scalar, a flat (p,) array or a pytree like `p0`.
+    `(lower, upper)`, each a scalar, a flat (p,) array or a pytree like `p0`;
+    `mask` None or (n,) bool, False for points that must not count (padding
+    of ragged batches: weight 0, their y and sigma are ignored, the model is
+    still evaluated there, so pad x with harmless values).
     Pure and jittable (`model` must be hashable, it is a static argument);
     vmappable over problems. Shapes are checked always, values (NaN/Inf,
     bounds, p0 inside bounds) whenever the inputs are concrete.
     """
     config = Config() if config is None else config
-    validate(model, p0, x, y, sigma, bounds, check_finite, config, args)
-    top_level = _concrete(p0, x, y, sigma, bounds, args, config)
-    return _jitted_fit(top_level)(model, p0, x, y, sigma, bounds, args, absolute_sigma, config)
+    validate(model, p0, x, y, sigma, bounds, check_finite, config, args, mask)
+    top_level = _concrete(p0, x, y, sigma, bounds, args, mask, config)
+    return _jitted_fit(top_level)(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma,
+                                  config)
 
 
 @functools.cache
@@ -75,47 +80,42 @@ def _jitted_fit(top_level: bool):
     return jax.jit(_fit, static_argnames=("model",), compiler_options=options)
 
 
-def _fit(model, p0, x, y, sigma, bounds, args, absolute_sigma, config: Config) -> Result:
+def _fit(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config: Config) -> Result:
     dtype = _float_dtype(p0, y)
     config = with_tolerances(config, dtype)
     # the loop runs on constants; derivatives come from implicit.solution below
     eta = (x, y, sigma, args)
-    x, y, sigma, args, p0, bounds, config = jax.lax.stop_gradient(
-        (x, y, sigma, args, p0, bounds, config))
-    p0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), p0)
-    theta0, unravel = ravel_pytree(p0)
-    lb, ub = flat_bounds(bounds, p0, dtype)
-    norm = make_normalization(theta0, lb, ub, config.normalization)
-    lower, upper = norm.bounds(lb, ub)
-    u0 = jnp.clip(norm.to_normalized(theta0), lower, upper)
-    data = make_data(x, y, sigma, config.chunk_size, dtype)
+    x, y, sigma, args, p0, bounds, mask, config = jax.lax.stop_gradient(
+        (x, y, sigma, args, p0, bounds, mask, config))
+    problem = make_problem(model, p0, bounds, config, dtype)
+    lower, upper = problem.lower, problem.upper
+    data = make_data(x, y, sigma, config.chunk_size, dtype, mask)
+    state = pipeline.run(problem.residual(args), problem.u0, lower, upper, data, config)
+    gs = state.gauss_newton
 
-    def to_params(u):  # clipped value (rounding can leave the box by an ulp), unit derivative
-        theta = norm.to_params(u)
-        return theta + jax.lax.stop_gradient(jnp.clip(theta, lb, ub) - theta)
-
-    def residual_with(model_args):
-        def residual(u, xc, yc, wc):
-            params = unravel(to_params(u))
-            f = model(params, xc) if model_args is None else model(params, xc, model_args)
-            return jnp.where(wc > 0, wc * (jnp.asarray(f, dtype) - yc), 0)
-        return residual
-
-    state = pipeline.run(residual_with(args), u0, lower, upper, data, config)
-    gs, ws = state.gauss_newton, state.warmup
+    # as a float, so that closure conversion hoists it (it leaves integer tracers closed over)
+    keep = None if mask is None else jnp.asarray(mask, dtype)
 
     def objective(u, eta):
         x, y, sigma, model_args = eta
-        return accumulate.cost(residual_with(model_args), u,
-                               make_data(x, y, sigma, config.chunk_size, dtype))
+        return accumulate.cost(problem.residual(model_args), u,
+                               make_data(x, y, sigma, config.chunk_size, dtype, keep))
 
     free = gauss_newton.free_variables(gs.u, gs.model.gradient, lower, upper)
     u_final = implicit.solution(objective, gs.u, free, eta)
+    return make_result(problem, problem.to_params(u_final), state, data, absolute_sigma)
+
+
+def make_result(problem: Problem, params: PyTree, state: pipeline.PipelineState, data: Data,
+                absolute_sigma) -> Result:
+    """Phase 3: covariance (curve_fit semantics) and the `Result` of a finished run."""
+    gs, ws = state.gauss_newton, state.warmup
     n_points = jnp.sum(data.weight > 0)
-    pcov = covariance(gs.model.factor, gs.model.cost, norm.scale, n_points, absolute_sigma)
+    pcov = covariance(gs.model.factor, gs.model.cost, problem.norm.scale, n_points,
+                      absolute_sigma)
     return Result(
-        params=unravel(to_params(u_final)), pcov=pcov,
-        perr=unravel(jnp.sqrt(jnp.diagonal(pcov))), cost=gs.model.cost,
+        params=params, pcov=pcov,
+        perr=problem.unravel(jnp.sqrt(jnp.diagonal(pcov))), cost=gs.model.cost,
         status=gs.status, warmup_reason=ws.reason, warmup_mode=ws.mode,
         warmup_iterations=ws.iteration, gn_iterations=gs.iteration,
         passes=gs.iteration + 1, n_points=n_points, trace=state.trace)
@@ -128,29 +128,12 @@ def _float_dtype(p0, y):
     return dtype
 
 
-def flat_bounds(bounds, p0: PyTree, dtype) -> tuple[jax.Array, jax.Array]:
-    """`(lower, upper)` as flat (p,) arrays in ravel order of `p0`."""
-    p = ravel_pytree(p0)[0].shape[0]
-    if bounds is None:
-        return jnp.full(p, -jnp.inf, dtype), jnp.full(p, jnp.inf, dtype)
-    lower, upper = bounds
-    return _flat_bound(lower, p0, p, dtype), _flat_bound(upper, p0, p, dtype)
-
-
-def _flat_bound(b, p0, p: int, dtype) -> jax.Array:
-    if jax.tree.structure(b) == jax.tree.structure(p0):
-        leaves = [jnp.broadcast_to(jnp.asarray(bl, dtype), jnp.shape(pl)).ravel()
-                  for bl, pl in zip(jax.tree.leaves(b), jax.tree.leaves(p0), strict=True)]
-        return jnp.concatenate(leaves) if leaves else jnp.zeros(0, dtype)
-    return jnp.broadcast_to(jnp.asarray(b, dtype).ravel(), (p,))
-
-
 def _concrete(*trees) -> bool:
     return not any(isinstance(a, jax.core.Tracer) for t in trees for a in jax.tree.leaves(t))
 
 
 def validate(model, p0, x, y, sigma, bounds, check_finite: bool, config: Config,
-             args: PyTree = None) -> None:
+             args: PyTree = None, mask=None) -> None:
     """Raise a clear ValueError/TypeError for bad input, before any tracing."""
     if not callable(model):
         raise TypeError(f"model must be callable as model(params, x), got {type(model).__name__}")
@@ -175,6 +158,9 @@ def validate(model, p0, x, y, sigma, bounds, check_finite: bool, config: Config,
                 f"axis must equal len(y) = {n}")
     if sigma is not None and np.shape(sigma) != (n,):
         raise ValueError(f"sigma must have shape (n,) = ({n},), got {np.shape(sigma)}")
+    if mask is not None and (np.shape(mask) != (n,) or jnp.result_type(mask) != jnp.bool_):
+        raise ValueError(f"mask must be a bool array of shape (n,) = ({n},), got "
+                         f"{jnp.result_type(mask)} of shape {np.shape(mask)}")
     if n < p:
         raise ValueError(f"too few data points: n = {n} is less than the number of "
                          f"parameters p = {p}")
@@ -184,17 +170,22 @@ def validate(model, p0, x, y, sigma, bounds, check_finite: bool, config: Config,
     with jax.ensure_compile_time_eval():  # concrete values even under an outer jit
         lb, ub = flat_bounds(bounds, p0, dtype) if _concrete(bounds) else (None, None)
     _check_model_shape(model, p0, x, n, config, args)
-    if not _concrete(p0, x, y, sigma, bounds):
+    if not _concrete(p0, x, y, sigma, bounds, mask):
         return
+    used = np.ones(n, bool) if mask is None else np.asarray(mask)
+    n_used = int(np.sum(used))
+    if n_used < p:
+        raise ValueError(f"too few data points: mask leaves {n_used} points, fewer than the "
+                         f"number of parameters p = {p}")
     if check_finite:
-        _check_finite("y", y)
+        _check_finite("y", np.asarray(y)[used])
         for leaf in jax.tree.leaves(x):
-            _check_finite("x", leaf)
+            _check_finite("x", np.asarray(leaf)[used])
         if sigma is not None:
-            _check_finite("sigma", sigma)
+            _check_finite("sigma", np.asarray(sigma)[used])
         for leaf in p0_leaves:
             _check_finite("p0", leaf)
-    if sigma is not None and not np.all(np.asarray(sigma) > 0):
+    if sigma is not None and not np.all(np.asarray(sigma)[used] > 0):
         raise ValueError("sigma must be strictly positive")
     with jax.ensure_compile_time_eval():
         theta0 = np.asarray(ravel_pytree(jax.tree.map(lambda a: jnp.asarray(a, dtype), p0))[0])

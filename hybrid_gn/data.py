@@ -67,11 +67,19 @@ class Data(eqx.Module):
                     -(-self.n // stride))
 
 
-def make_data(x: PyTree, y, sigma, chunk_size: int, dtype) -> Data:
-    """Wrap user arrays; `sigma` (None or per point) becomes the weight 1/sigma."""
+def make_data(x: PyTree, y, sigma, chunk_size: int, dtype, mask=None) -> Data:
+    """Wrap user arrays; `sigma` (None or per point) becomes the weight 1/sigma.
+
+    Points where `mask` is False (padding of ragged problems) get weight 0;
+    their y and sigma are never used, so they may hold anything.
+    """
     y = jnp.asarray(y, dtype)
     if sigma is None:
         weight = jnp.ones_like(y)
     else:
         weight = 1 / jnp.asarray(sigma, dtype)
+    if mask is not None:
+        mask = jnp.asarray(mask) != 0
+        weight = jnp.where(mask, weight, 0)
+        y = jnp.where(mask, y, 0)
     return Data(x, y, weight, min(chunk_size, y.shape[0]))

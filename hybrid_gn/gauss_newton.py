@@ -88,20 +88,44 @@ def ill_conditioned(model: Linearization, limit) -> Bool[Array, ""]:
     return sv[-1] * limit < sv[0]
 
 
-def update(state: GaussNewtonState, evaluate: Evaluate, lower, upper,
-           config: Config) -> GaussNewtonState:
-    """One trust-region iteration (or the evaluation of the start)."""
+class Proposal(eqx.Module):
+    """A trial point and the reduction the Gauss-Newton model predicts for it."""
+
+    trial: Float[Array, " p"]
+    predicted: Float[Array, ""]
+
+
+def propose(state: GaussNewtonState, lower, upper) -> Proposal:
+    """The trust-region trial point (the current point itself before the first update)."""
     eq = state.model
     u = state.u
     cutoff = rcond(state.use_qr, u.shape[0], u.dtype)
     free = free_variables(u, eq.gradient, lower, upper)
     step = trust_region_step(eq.factor, eq.qtr, jnp.ones_like(u), state.radius, free, cutoff)
     trial = jnp.where(state.started, jnp.clip(u + step, lower, upper), u)
-    step = trial - u
-    r_step = eq.factor @ step
-    predicted = -(eq.qtr @ r_step + 0.5 * r_step @ r_step)
+    r_step = eq.factor @ (trial - u)
+    return Proposal(trial, -(eq.qtr @ r_step + 0.5 * r_step @ r_step))
 
-    new = evaluate(trial, state.use_qr)
+
+def update(state: GaussNewtonState, evaluate: Evaluate, lower, upper,
+           config: Config) -> GaussNewtonState:
+    """One trust-region iteration (or the evaluation of the start): one pass over the data."""
+    proposal = propose(state, lower, upper)
+    return conclude(state, proposal, evaluate(proposal.trial, state.use_qr), lower, upper,
+                    config)
+
+
+def conclude(state: GaussNewtonState, proposal: Proposal, new: Linearization, lower, upper,
+             config: Config) -> GaussNewtonState:
+    """Accept or reject the trial given its model `new`; update radius and status.
+
+    Split from `propose` so that a driver which streams the data from the host
+    can evaluate the trial between the two.
+    """
+    eq = state.model
+    u = state.u
+    trial, predicted = proposal.trial, proposal.predicted
+    step = trial - u
     actual = eq.cost - new.cost
     ratio = jnp.where(predicted > 0, actual / jnp.where(predicted > 0, predicted, 1), 0)
     good = new.finite & (predicted > 0) & (actual > config.accept_ratio * predicted)

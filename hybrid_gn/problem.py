@@ -1,0 +1,92 @@
+"""A least-squares problem in normalized coordinates (phase 0 applied).
+
+Everything a driver needs besides the data: the flat normalized start, the
+box in normalized coordinates, the map back to the user's parameter pytree,
+and the weighted residual of one chunk. The fused driver (`fit`), the
+streaming driver and multi-start all build their problem here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float, PyTree
+
+from .accumulate import ResidualFn
+from .config import Config
+from .normalize import Normalization, make_normalization
+
+
+class Problem(eqx.Module):
+    """`model(params, x[, args]) ~ y` over flat normalized parameters u."""
+
+    model: Callable = eqx.field(static=True)
+    unravel: Callable = eqx.field(static=True)  # flat theta -> params pytree
+    norm: Normalization
+    lb: Float[Array, " p"]  # bounds of theta (may be infinite)
+    ub: Float[Array, " p"]
+    u0: Float[Array, " p"]  # the start, clipped into the box
+
+    @property
+    def dtype(self):
+        return self.u0.dtype
+
+    @property
+    def lower(self) -> Float[Array, " p"]:
+        return self.norm.to_normalized(self.lb)
+
+    @property
+    def upper(self) -> Float[Array, " p"]:
+        return self.norm.to_normalized(self.ub)
+
+    def to_theta(self, u: Float[Array, " p"]) -> Float[Array, " p"]:
+        """Flat parameters at `u`: clipped into the bounds (rounding in the map can
+        leave the box by an ulp) with a unit derivative."""
+        theta = self.norm.to_params(u)
+        return theta + jax.lax.stop_gradient(jnp.clip(theta, self.lb, self.ub) - theta)
+
+    def to_params(self, u: Float[Array, " p"]) -> PyTree:
+        return self.unravel(self.to_theta(u))
+
+    def residual(self, model_args: PyTree = None) -> ResidualFn:
+        """residual(u, x, y, w) = w * (model - y), exactly 0 where w = 0 (padding)."""
+        model, dtype = self.model, self.dtype
+
+        def residual(u, xc, yc, wc):
+            params = self.to_params(u)
+            f = model(params, xc) if model_args is None else model(params, xc, model_args)
+            return jnp.where(wc > 0, wc * (jnp.asarray(f, dtype) - yc), 0)
+
+        return residual
+
+
+def make_problem(model: Callable, p0: PyTree, bounds, config: Config, dtype) -> Problem:
+    """Flatten `p0` and `bounds`, build the normalization, place the start."""
+    p0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), p0)
+    theta0, unravel = ravel_pytree(p0)
+    lb, ub = flat_bounds(bounds, p0, dtype)
+    norm = make_normalization(theta0, lb, ub, config.normalization)
+    lower, upper = norm.bounds(lb, ub)
+    u0 = jnp.clip(norm.to_normalized(theta0), lower, upper)
+    return Problem(model, unravel, norm, lb, ub, u0)
+
+
+def flat_bounds(bounds, p0: PyTree, dtype) -> tuple[jax.Array, jax.Array]:
+    """`(lower, upper)` as flat (p,) arrays in ravel order of `p0`."""
+    p = ravel_pytree(p0)[0].shape[0]
+    if bounds is None:
+        return jnp.full(p, -jnp.inf, dtype), jnp.full(p, jnp.inf, dtype)
+    lower, upper = bounds
+    return _flat_bound(lower, p0, p, dtype), _flat_bound(upper, p0, p, dtype)
+
+
+def _flat_bound(b, p0, p: int, dtype) -> jax.Array:
+    if jax.tree.structure(b) == jax.tree.structure(p0):
+        leaves = [jnp.broadcast_to(jnp.asarray(bl, dtype), jnp.shape(pl)).ravel()
+                  for bl, pl in zip(jax.tree.leaves(b), jax.tree.leaves(p0), strict=True)]
+        return jnp.concatenate(leaves) if leaves else jnp.zeros(0, dtype)
+    return jnp.broadcast_to(jnp.asarray(b, dtype).ravel(), (p,))
