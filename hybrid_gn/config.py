@@ -98,6 +98,9 @@ class Config(eqx.Module):
                 raise ValueError(f"{name} must be > 0, got {value!r}")
 
     trace_length: int = _static(256)  # per-iteration records kept (the first ones)
+    # fused driver: report each iteration on stderr through jax.debug.callback (not compiled
+    # in when False); the streaming driver has its own progress bar (fit_stream(progress=))
+    progress: bool = _static(False)
 
 
 def with_tolerances(config: Config, dtype) -> Config:

@@ -12,9 +12,12 @@ own loop.
 
 from __future__ import annotations
 
+import sys
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 from . import accumulate, gauss_newton, warmup
@@ -43,6 +46,17 @@ def relative_loss(residual: ResidualFn, u, data: Data) -> Float[Array, ""]:
     rss = accumulate.cost(residual, u, data)
     return jnp.where(total > 0, rss / jnp.where(total > 0, total, 1),
                      jnp.where(rss > 0, jnp.inf, 0))
+
+
+def report(phase, iteration, cost, grad_norm, radius) -> None:
+    """Host side of `Config.progress`: one line per iteration on stderr (batched under vmap)."""
+    name = "warmup" if int(np.ravel(phase)[0]) == Phase.WARMUP else "gauss-newton"
+
+    def show(a) -> str:
+        return np.array2string(np.asarray(a), precision=6, separator=", ")
+
+    print(f"hybrid_gn {name} iteration {show(iteration)}: cost {show(cost)} "
+          f"|grad| {show(grad_norm)} radius {show(radius)}", file=sys.stderr, flush=True)
 
 
 def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> PipelineState:
@@ -76,6 +90,9 @@ def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> P
         ws = warmup.update(s.warmup, loss, lower, upper, config)
         phase = jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32)
         trace = record(s.trace, Phase.WARMUP, ws.loss, jnp.linalg.norm(ws.grad), jnp.nan)
+        if config.progress:  # static: without it no callback is compiled in
+            jax.debug.callback(report, Phase.WARMUP, trace.length, ws.loss,
+                               jnp.linalg.norm(ws.grad), jnp.nan)
         return PipelineState(phase, ws, gauss_newton.init(ws.best_u, config), trace)
 
     def gauss_newton_step(s: PipelineState) -> PipelineState:
@@ -85,6 +102,9 @@ def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> P
         free = gauss_newton.free_variables(gs.u, gradient, lower, upper)
         grad_norm = jnp.linalg.norm(jnp.where(free, gradient, 0))
         trace = record(s.trace, Phase.GAUSS_NEWTON, gs.model.cost, grad_norm, gs.radius)
+        if config.progress:
+            jax.debug.callback(report, Phase.GAUSS_NEWTON, trace.length, gs.model.cost,
+                               grad_norm, gs.radius)
         return PipelineState(phase, s.warmup, gs, trace)
 
     if config.warmup:

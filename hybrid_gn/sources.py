@@ -1,0 +1,487 @@
+"""Data sources for the streaming driver: the data is read in passes, chunk by chunk.
+
+A source only has to produce, for each pass, a fresh sequence of raw blocks
+`(x, y, sigma or None)`; this module turns them into fixed-size chunks
+`(x, y, weight)` with the last, short chunk padded by weight-0 points (so one
+compiled accumulation serves every chunk), checks each block (shapes, dtypes,
+NaN/Inf, sigma > 0) with errors that name the chunk and the dataset, and can
+read ahead in a background thread while the current chunk is being computed.
+
+Three sources: `ArraySource` (numpy arrays, `np.memmap`), `HDF5Source`
+(datasets of an HDF5 file read slice by slice) and `CallableSource` (a user
+function returning a new iterator of chunks for each pass). Array and HDF5
+sources have random access, so the warmup subsample reads only the chunks it
+needs.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple
+
+import jax
+import numpy as np
+from jaxtyping import PyTree
+
+
+class Block(NamedTuple):
+    """Raw data of consecutive points as a source delivers it (numpy arrays)."""
+
+    x: PyTree  # arrays with leading axis m
+    y: np.ndarray  # (m,)
+    sigma: np.ndarray | None  # (m,) or None
+
+
+class Chunk(NamedTuple):
+    """`size` points ready for the accumulation; padding points have weight 0."""
+
+    index: int
+    start: int  # index of the chunk's first point in the data
+    n_valid: int  # real points (the rest is padding)
+    x: PyTree
+    y: np.ndarray | jax.Array
+    weight: np.ndarray | jax.Array
+
+
+class ChunkSource(abc.ABC):
+    """Data that can be read from the start as often as needed (one read per pass).
+
+    `n_points` is the number of points when known without a pass (else None).
+    Sources with `random_access` also implement `block_range`, which the
+    warmup uses to read only the chunks it samples.
+    """
+
+    n_points: int | None = None
+    random_access: bool = False
+
+    @abc.abstractmethod
+    def blocks(self, size: int) -> Iterator[Block]:
+        """A fresh pass over all points, in blocks of (preferably) `size` points."""
+
+    def block_range(self, start: int, stop: int) -> Block:
+        """Points `start:stop` (random-access sources only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no random access")
+
+    def describe(self, field: str) -> str:
+        """How error messages name the data of `field` ('x', 'y' or 'sigma')."""
+        return field
+
+
+class ArraySource(ChunkSource):
+    """In-memory numpy arrays or `np.memmap`s, sliced without copying."""
+
+    random_access = True
+
+    def __init__(self, x: PyTree, y, sigma=None):
+        self.x = jax.tree.map(_as_numpy, x)
+        self.y = _as_numpy(y)
+        self.sigma = None if sigma is None else _as_numpy(sigma)
+        if self.y.ndim != 1:
+            raise ValueError(f"y must be 1-D of shape (n,), got shape {self.y.shape}")
+        self.n_points = int(self.y.shape[0])
+        for leaf in jax.tree.leaves(self.x):
+            if leaf.ndim == 0 or leaf.shape[0] != self.n_points:
+                raise ValueError(f"x and y disagree: x has an array of shape {leaf.shape}, "
+                                 f"whose leading axis must equal len(y) = {self.n_points}")
+        if self.sigma is not None and self.sigma.shape != (self.n_points,):
+            raise ValueError(f"sigma must have shape (n,) = ({self.n_points},), "
+                             f"got {self.sigma.shape}")
+
+    def block_range(self, start: int, stop: int) -> Block:
+        return Block(jax.tree.map(lambda a: a[start:stop], self.x), self.y[start:stop],
+                     None if self.sigma is None else self.sigma[start:stop])
+
+    def blocks(self, size: int) -> Iterator[Block]:
+        for start in range(0, self.n_points, size):
+            yield self.block_range(start, min(start + size, self.n_points))
+
+
+class HDF5Source(ChunkSource):
+    """Named datasets of an HDF5 file: `x` (n,) or (n, d), `y` (n,), optional `sigma` (n,).
+
+    The file is opened for each pass (in the reading thread) and read one
+    slice at a time, so memory stays at one chunk whatever the file size.
+    """
+
+    random_access = True
+
+    def __init__(self, path: str | os.PathLike, x: str = "x", y: str = "y",
+                 sigma: str | None = None):
+        import h5py
+
+        self.path = os.fspath(path)
+        self.names = {"x": x, "y": y, "sigma": sigma}
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"HDF5 file not found: {self.path}")
+        with h5py.File(self.path, "r") as f:
+            shapes = {}
+            for field, name in self.names.items():
+                if name is None:
+                    continue
+                if name not in f or not isinstance(f[name], h5py.Dataset):
+                    available = sorted(k for k in f if isinstance(f[k], h5py.Dataset))
+                    raise ValueError(f"HDF5 dataset {name!r} (for {field}) does not exist in "
+                                     f"{self.path}; datasets there: {available}")
+                shapes[field] = f[name].shape
+        n = shapes["y"][0] if len(shapes["y"]) == 1 else None
+        if n is None:
+            raise ValueError(f"{self.describe('y')} must be 1-D, got shape {shapes['y']}")
+        if len(shapes["x"]) not in (1, 2) or shapes["x"][0] != n:
+            raise ValueError(f"{self.describe('x')} must have shape (n,) or (n, d) with "
+                             f"n = {n} (the length of {self.describe('y')}), "
+                             f"got {shapes['x']}")
+        if sigma is not None and shapes["sigma"] != (n,):
+            raise ValueError(f"{self.describe('sigma')} must have shape ({n},), "
+                             f"got {shapes['sigma']}")
+        self.n_points = int(n)
+
+    def describe(self, field: str) -> str:
+        return f"dataset {self.names[field]!r} of {os.path.basename(self.path)}"
+
+    def _read(self, f, start: int, stop: int) -> Block:
+        sigma = self.names["sigma"]
+        return Block(f[self.names["x"]][start:stop], f[self.names["y"]][start:stop],
+                     None if sigma is None else f[sigma][start:stop])
+
+    def block_range(self, start: int, stop: int) -> Block:
+        import h5py
+
+        with h5py.File(self.path, "r") as f:
+            return self._read(f, start, stop)
+
+    def blocks(self, size: int) -> Iterator[Block]:
+        import h5py
+
+        with h5py.File(self.path, "r") as f:
+            for start in range(0, self.n_points, size):
+                yield self._read(f, start, min(start + size, self.n_points))
+
+
+class CallableSource(ChunkSource):
+    """`make_iterator()` returns a new iterator of `(x, y)` or `(x, y, sigma)` per pass.
+
+    Chunks may have any length; they are re-cut into the driver's chunk size.
+    The number of points is unknown until a pass has been read.
+    """
+
+    def __init__(self, make_iterator: Callable[[], Iterable]):
+        if not callable(make_iterator):
+            raise TypeError("make_iterator must be callable, returning an iterator of "
+                            "(x, y) or (x, y, sigma) chunks")
+        self.make_iterator = make_iterator
+
+    def blocks(self, size: int) -> Iterator[Block]:
+        for i, item in enumerate(self.make_iterator()):
+            if not isinstance(item, tuple | list) or len(item) not in (2, 3):
+                raise ValueError(f"chunk {i} from the source must be a tuple (x, y) or "
+                                 f"(x, y, sigma), got {type(item).__name__}")
+            x, y, sigma = (*item, None) if len(item) == 2 else item
+            yield Block(jax.tree.map(_as_numpy, x), _as_numpy(y),
+                        None if sigma is None else _as_numpy(sigma))
+
+
+def as_source(data) -> ChunkSource:
+    """A `ChunkSource` from a source, a tuple `(x, y[, sigma])` of arrays, or a callable."""
+    if isinstance(data, ChunkSource):
+        return data
+    if isinstance(data, tuple) and len(data) in (2, 3):
+        return ArraySource(*data)
+    if callable(data):
+        return CallableSource(data)
+    raise TypeError("source must be a hybrid_gn.sources.ChunkSource, a tuple (x, y[, sigma]) "
+                    f"of arrays or a callable returning an iterator of chunks; got "
+                    f"{type(data).__name__}")
+
+
+# ------------------------------------------------------------------------------------------
+# Blocks -> fixed-size, checked, padded chunks
+# ------------------------------------------------------------------------------------------
+
+
+class Layout(NamedTuple):
+    """Per-point shapes and dtypes every block must share (from the first block)."""
+
+    x: PyTree  # a pytree of (trailing shape, dtype) pairs
+    has_sigma: bool
+
+    @classmethod
+    def of(cls, block: Block) -> Layout:
+        return cls(jax.tree.map(lambda a: (a.shape[1:], a.dtype.str), block.x),
+                   block.sigma is not None)
+
+
+def check_block(source: ChunkSource, block: Block, index: int, start: int,
+                layout: Layout | None, check_finite: bool) -> None:
+    """Raise a ValueError naming chunk `index` (points from `start`) for bad data."""
+    m = np.shape(block.y)[0] if np.ndim(block.y) == 1 else None
+    where = f"chunk {index}"
+    if m is None:
+        raise ValueError(f"{where}: {source.describe('y')} must be 1-D, got shape "
+                         f"{np.shape(block.y)}")
+    where = f"chunk {index} (points {start} to {start + m - 1})"
+    for leaf in jax.tree.leaves(block.x):
+        if leaf.ndim == 0 or leaf.shape[0] != m:
+            raise ValueError(f"{where}: {source.describe('x')} has shape {leaf.shape} but "
+                             f"{source.describe('y')} has {m} points")
+    if block.sigma is not None and block.sigma.shape != (m,):
+        raise ValueError(f"{where}: {source.describe('sigma')} has shape {block.sigma.shape}, "
+                         f"expected ({m},)")
+    if layout is not None:
+        mine = Layout.of(block)
+        if mine.has_sigma != layout.has_sigma:
+            raise ValueError(f"{where}: sigma is {'given' if mine.has_sigma else 'missing'} "
+                             f"here but {'given' if layout.has_sigma else 'missing'} in chunk 0")
+        if jax.tree.structure(mine.x) != jax.tree.structure(layout.x) or mine.x != layout.x:
+            raise ValueError(f"{where}: {source.describe('x')} has per-point shapes/dtypes "
+                             f"{mine.x}, but chunk 0 had {layout.x}")
+    if check_finite:
+        fields = [("y", block.y), *[("x", a) for a in jax.tree.leaves(block.x)]]
+        if block.sigma is not None:
+            fields.append(("sigma", block.sigma))
+        for name, a in fields:
+            if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
+                bad = np.flatnonzero(~np.isfinite(a).reshape(m, -1).all(axis=1))
+                raise ValueError(f"{where}: {source.describe(name)} contains NaN or Inf "
+                                 f"({bad.size} points, first at point {start + bad[0]}); "
+                                 f"clean the data or pass check_finite=False")
+    if block.sigma is not None and not np.all(block.sigma > 0):
+        bad = int(np.argmin(block.sigma > 0))
+        raise ValueError(f"{where}: {source.describe('sigma')} must be strictly positive "
+                         f"(point {start + bad} has {block.sigma[bad]})")
+
+
+def _as_numpy(a) -> np.ndarray:
+    return a if isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def _weight(block: Block, dtype) -> np.ndarray:
+    if block.sigma is None:
+        return np.ones(np.shape(block.y)[0], dtype)
+    return (1 / np.asarray(block.sigma, dtype)).astype(dtype)
+
+
+def _pad(a: np.ndarray, size: int) -> np.ndarray:
+    """`a` extended to `size` rows by repeating its last row (harmless model inputs)."""
+    if a.shape[0] == size:
+        return a
+    return np.concatenate([a, np.repeat(a[-1:], size - a.shape[0], axis=0)])
+
+
+def _concat(blocks: Sequence[Block]) -> Block:
+    if len(blocks) == 1:
+        return blocks[0]
+    has_sigma = blocks[0].sigma is not None
+    return Block(jax.tree.map(lambda *a: np.concatenate(a), *[b.x for b in blocks]),
+                 np.concatenate([b.y for b in blocks]),
+                 np.concatenate([b.sigma for b in blocks]) if has_sigma else None)
+
+
+def _take(block: Block, start: int, stop: int) -> Block:
+    return Block(jax.tree.map(lambda a: a[start:stop], block.x), block.y[start:stop],
+                 None if block.sigma is None else block.sigma[start:stop])
+
+
+def _length(block: Block) -> int:
+    return int(np.shape(block.y)[0])
+
+
+def checked_blocks(source: ChunkSource, size: int, check_finite: bool,
+                   blocks: Iterable[Block] | None = None) -> Iterator[tuple[int, Block]]:
+    """The source's blocks of one pass, each checked, with the index of their first point."""
+    layout = None
+    start = 0
+    for i, block in enumerate(source.blocks(size) if blocks is None else blocks):
+        block = Block(jax.tree.map(_as_numpy, block.x), _as_numpy(block.y),
+                      None if block.sigma is None else _as_numpy(block.sigma))
+        check_block(source, block, i, start, layout, check_finite)
+        if layout is None:
+            layout = Layout.of(block)
+        if _length(block):
+            yield start, block
+        start += _length(block)
+
+
+def chunks(source: ChunkSource, size: int, dtype, check_finite: bool) -> Iterator[Chunk]:
+    """One pass as chunks of exactly `size` points; the last one padded with weight 0."""
+    pending: list[Block] = []
+    n_pending = 0
+    index = 0
+    position = 0
+    for _, block in checked_blocks(source, size, check_finite):
+        pending.append(block)
+        n_pending += _length(block)
+        while n_pending >= size:
+            whole = _concat(pending)
+            yield _make_chunk(_take(whole, 0, size), index, position, size, dtype)
+            index += 1
+            position += size
+            rest = _take(whole, size, n_pending)
+            n_pending -= size
+            pending = [rest] if n_pending else []
+    if n_pending:
+        yield _make_chunk(_concat(pending), index, position, size, dtype)
+
+
+def _make_chunk(block: Block, index: int, start: int, size: int, dtype) -> Chunk:
+    m = _length(block)
+    weight = _weight(block, dtype)
+    if m < size:
+        weight = np.concatenate([weight, np.zeros(size - m, dtype)])
+    y = np.asarray(block.y, dtype)
+    return Chunk(index, start, m, jax.tree.map(lambda a: _pad(a, size), block.x),
+                 _pad(y, size), weight)
+
+
+def to_device(chunk: Chunk) -> Chunk:
+    """The chunk's arrays as JAX arrays (the host-to-device copy, off the main thread)."""
+    x, y, w = jax.device_put((chunk.x, chunk.y, chunk.weight))
+    return chunk._replace(x=x, y=y, weight=w)
+
+
+# ------------------------------------------------------------------------------------------
+# Reading ahead
+# ------------------------------------------------------------------------------------------
+
+_END = object()
+
+
+class _Failure(NamedTuple):
+    error: BaseException
+
+
+def prefetch(items: Iterator, depth: int, transform: Callable = lambda item: item) -> Iterator:
+    """`transform(item)` for each item, produced up to `depth` items ahead in a thread.
+
+    The producer (reading, checking, padding, copying to the device) overlaps
+    with the consumer's computation. An error in the producer is re-raised in
+    the consumer at the point where its item would have arrived; a consumer
+    that stops early stops the producer. `depth = 0` reads synchronously.
+    """
+    if depth <= 0:
+        for item in items:
+            yield transform(item)
+        return
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(transform(item)):
+                    return
+            put(_END)
+        except BaseException as error:  # handed to the consumer, re-raised there
+            put(_Failure(error))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="hybrid_gn-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+# ------------------------------------------------------------------------------------------
+# Survey and warmup subsample
+# ------------------------------------------------------------------------------------------
+
+
+class Survey(NamedTuple):
+    """What the driver needs before the first pass: the size and the first points."""
+
+    n_points: int
+    head: Block  # the first min(size, n) points, checked
+
+
+def survey(source: ChunkSource, size: int, check_finite: bool) -> Survey:
+    """Count the points (a checked pass unless the source knows its size) and read the head."""
+    if source.random_access:
+        n = int(source.n_points)
+        if n == 0:
+            raise ValueError("the source is empty: it has no data points")
+        head = source.block_range(0, min(size, n))
+        head = Block(jax.tree.map(_as_numpy, head.x), _as_numpy(head.y),
+                     None if head.sigma is None else _as_numpy(head.sigma))
+        check_block(source, head, 0, 0, None, check_finite)
+        return Survey(n, head)
+    n = 0
+    first: list[Block] = []
+    for _, block in checked_blocks(source, size, check_finite):
+        if n < size:
+            first.append(_take(block, 0, size - n))
+        n += _length(block)
+    if n == 0:
+        raise ValueError("the source is empty: a pass over it yielded no data points")
+    return Survey(n, _concat(first))
+
+
+def chunk_selection(n_points: int, size: int, n_select: int | None) -> np.ndarray:
+    """Indices of `n_select` chunks spread evenly over the data (all when None or more)."""
+    n_chunks = -(-n_points // size)
+    if n_select is None or n_select >= n_chunks:
+        return np.arange(n_chunks)
+    return np.unique(np.round(np.linspace(0, n_chunks - 1, n_select)).astype(int))
+
+
+def subsample(source: ChunkSource, size: int, n_points: int, n_select: int | None,
+              max_points: int | None, dtype, check_finite: bool) -> Chunk:
+    """The warmup data: every k-th point of the selected chunks, at most `max_points`.
+
+    With all chunks selected this is exactly the in-memory driver's strided
+    subsample (`Data.subsample`) of the whole data. Only the selected chunks
+    are read from random-access sources; other sources are read in one pass.
+    """
+    chosen = chunk_selection(n_points, size, n_select)
+    lengths = np.minimum(size, n_points - chosen * size)
+    n_sel = int(lengths.sum())
+    stride = 1 if max_points is None or max_points >= n_sel else -(-n_sel // max_points)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    offset = dict(zip(chosen.tolist(), offsets.tolist(), strict=True))
+
+    def selected() -> Iterator[tuple[int, Block, np.ndarray]]:  # (index, points, weight)
+        if source.random_access:
+            for j in chosen.tolist():
+                start = j * size
+                block = source.block_range(start, min(start + size, n_points))
+                block = Block(jax.tree.map(_as_numpy, block.x), _as_numpy(block.y),
+                              None if block.sigma is None else _as_numpy(block.sigma))
+                check_block(source, block, j, start, None, check_finite)
+                yield j, block, _weight(block, dtype)
+        else:
+            for chunk in chunks(source, size, dtype, check_finite):
+                if chunk.index in offset:
+                    m = chunk.n_valid
+                    x = jax.tree.map(lambda a, m=m: a[:m], chunk.x)
+                    yield chunk.index, Block(x, chunk.y[:m], None), chunk.weight[:m]
+
+    parts = []
+    for j, block, weight in selected():
+        first = (-offset[j]) % stride
+        parts.append(Block(jax.tree.map(lambda a, f=first: a[f::stride], block.x),
+                           np.asarray(block.y, dtype)[first::stride], weight[first::stride]))
+    whole = _concat(parts)  # sigma holds the weights here
+    return Chunk(0, 0, _length(whole), whole.x, whole.y, whole.sigma)

@@ -1,0 +1,437 @@
+"""The streaming driver: fits data read from disk or a generator, chunk by chunk.
+
+A thin host loop around the same pure, jitted functions the fused driver
+runs inside its `while_loop`s: `warmup.init`/`update` on an in-memory
+subsample, `gauss_newton.propose`, `accumulate.fold_chunk` once per chunk
+(fixed chunk shape, the last chunk padded with weight 0, so it compiles
+once), `accumulate.finish` and `gauss_newton.conclude` once per pass, and
+`api.make_result` for the covariance. Memory is one chunk in flight (plus
+the read-ahead queue) and the O(p^2) state, whatever the size of the data.
+
+Between iterations the host reads the phase and `use_qr` (to pick the
+normal-equations or streamed-QR accumulator for the next pass), writes
+checkpoints and updates the progress bar; nothing else leaves the device.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PyTree
+
+from . import accumulate, gauss_newton, pipeline, sources, warmup
+from . import checkpoint as checkpoints
+from .api import Model, make_result, validate
+from .config import Config, with_tolerances
+from .data import Data
+from .gauss_newton import Proposal
+from .pipeline import PipelineState
+from .problem import Problem, make_problem
+from .result import Phase, Result, Trace
+from .sources import Chunk, ChunkSource
+
+_DONE = 0  # phase code of a finished fit (as in pipeline)
+
+# Times each jitted piece has been traced (tests check that chunks and passes reuse one program).
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+def fit_stream(
+    model: Model,
+    p0: PyTree,
+    source,
+    *,
+    bounds=None,
+    args: PyTree = None,
+    absolute_sigma: bool = False,
+    check_finite: bool = True,
+    config: Config | None = None,
+    chunk_size: int = 1 << 18,
+    warmup_chunks: int | None = 8,
+    prefetch: int = 2,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 10,
+    resume: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Result:
+    """Fit `model(params, x) ~ y` to data streamed from `source`, in bounded memory.
+
+    `source` is a `sources.ChunkSource` (`ArraySource` for numpy arrays and
+    memmaps, `HDF5Source` for datasets of an HDF5 file, `CallableSource`), a
+    tuple `(x, y[, sigma])` of arrays, or a callable returning a new iterator
+    of `(x, y[, sigma])` chunks for each pass. The data is read in chunks of
+    `chunk_size` points (`prefetch` chunks read ahead in a thread; 0 reads in
+    turn with the computation); each Gauss-Newton iteration is one pass. The
+    L-BFGS warmup runs in memory on a strided subsample of at most
+    `config.warmup_max_points` points drawn from `warmup_chunks` chunks spread
+    evenly over the data (None: all chunks, which reproduces `fit`'s warmup).
+
+    With `checkpoint` (a path), the state is written atomically every
+    `checkpoint_every` iterations and at the end; `resume` continues from such
+    a file after checking that it belongs to this problem and configuration.
+    `progress` shows a tqdm bar over iterations and chunks (a widget in
+    notebooks). The other arguments are those of `fit`; the result equals
+    `fit`'s on the same data up to rounding.
+    """
+    config = Config() if config is None else config
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a hybrid_gn.Config, got {type(config).__name__}")
+    _check_int("chunk_size", chunk_size, 1)
+    _check_int("checkpoint_every", checkpoint_every, 1)
+    _check_int("prefetch", prefetch, 0)
+    if warmup_chunks is not None:
+        _check_int("warmup_chunks", warmup_chunks, 1)
+    source = sources.as_source(source)
+    survey = sources.survey(source, chunk_size, check_finite)
+    n, head = survey.n_points, survey.head
+    p = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(p0))
+    if n < p:
+        raise ValueError(f"too few data points: the source has n = {n}, fewer than the number "
+                         f"of parameters p = {p}")
+    if sources._length(head) < p:
+        raise ValueError(f"chunk_size = {chunk_size} must be at least the number of "
+                         f"parameters p = {p}")
+    validate(model, p0, head.x, head.y, head.sigma, bounds, check_finite, config, args)
+    dtype = _float_dtype(p0, head.y)
+    config = with_tolerances(config, dtype)
+    p0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), p0)
+    bounds = None if bounds is None else jax.tree.map(lambda b: jnp.asarray(b, dtype),
+                                                      tuple(bounds))
+    fixed = _Fixed(model, p0, bounds, args, config)
+    problem = make_problem(model, p0, bounds, config, dtype)
+    fingerprint = _fingerprint(model, p0, problem, args, head, n, dtype)
+    settings = _settings(config, chunk_size, warmup_chunks, absolute_sigma, check_finite)
+
+    def sample() -> Chunk:
+        if not config.warmup:  # warmup.init still needs a loss; no reason to read more
+            return sources.subsample(source, chunk_size, min(n, chunk_size), 1, None, dtype,
+                                     False)
+        return sources.subsample(source, chunk_size, n, warmup_chunks, config.warmup_max_points,
+                                 dtype, check_finite)
+
+    warmup_data = None
+    if resume is not None:
+        saved = checkpoints.read(resume)
+        template = jax.eval_shape(lambda f, s: _start(f, s), fixed,
+                                  _to_data(_head_chunk(head, dtype)))
+        state = checkpoints.restore(saved, template, fingerprint, settings, resume)
+    else:
+        warmup_data = _to_data(sample())
+        state = _start(fixed, warmup_data)
+
+    with _Progress(progress, -(-n // chunk_size)) as bar:
+        done = int(state.trace.length)
+        bar.iteration(state, done)
+        while int(state.phase) == Phase.WARMUP:
+            if warmup_data is None:
+                warmup_data = _to_data(sample())
+            state = _warmup_step(fixed, warmup_data, state)
+            done += 1
+            bar.iteration(state, done)
+            _maybe_save(checkpoint, checkpoint_every, done, state, fingerprint, settings)
+        while int(state.phase) != _DONE:
+            use_qr = bool(state.gauss_newton.use_qr)
+            proposal = _propose(fixed, state)
+            acc = accumulate.empty_accumulator(problem.u0.shape[0], dtype, use_qr)
+            seen = 0
+            bar.new_pass()
+            for chunk in _pass(source, chunk_size, dtype, check_finite, prefetch):
+                previous = acc
+                acc = _fold(fixed, proposal.trial, acc, chunk.x, chunk.y, chunk.weight)
+                if prefetch == 0:  # strictly in turn: read, then compute
+                    jax.block_until_ready(acc)
+                else:  # at most one chunk queued behind the running one
+                    jax.block_until_ready(previous)
+                seen += chunk.n_valid
+                bar.chunk()
+            if seen != n:
+                raise ValueError(f"the source changed between passes: it had {n} points, this "
+                                 f"pass read {seen}")
+            state = _conclude(fixed, state, proposal, acc)
+            done += 1
+            bar.iteration(state, done)
+            _maybe_save(checkpoint, checkpoint_every, done, state, fingerprint, settings)
+    if checkpoint is not None:
+        _save(checkpoint, state, fingerprint, settings, done, finished=True)
+    return _result(fixed, state, jnp.asarray(n), absolute_sigma)
+
+
+# ------------------------------------------------------------------------------------------
+# The jitted pieces: each takes the fixed problem description and rebuilds the Problem
+# inside, so compiled programs are shared by every fit with the same model, shapes and
+# static configuration (a Problem's unravel function is a new object for every fit).
+# ------------------------------------------------------------------------------------------
+
+
+def _jit(f):
+    """`jax.jit` with the XLA CPU options the fused driver compiles with, when available
+    (its classic fusion emitters compile these small programs faster, see `api`)."""
+    options = {"xla_cpu_use_fusion_emitters": False}
+    try:
+        jax.jit(jnp.negative).lower(1.0).compile(compiler_options=options)
+    except Exception:  # an XLA without this option: keep its defaults
+        return jax.jit(f)
+    return jax.jit(f, compiler_options=options)
+
+
+def _strong(tree: PyTree) -> PyTree:
+    """`tree` without weakly typed leaves, so every iteration's state has one signature."""
+    return jax.tree.map(lambda a: jnp.asarray(a, dtype=a.dtype), tree)
+
+
+class _Fixed(tuple):
+    """(model, p0, bounds, args, config): what every jitted piece needs, as a pytree."""
+
+    def __new__(cls, model, p0, bounds, args, config):
+        return super().__new__(cls, (model, p0, bounds, args, config))
+
+    @property
+    def model(self):
+        return self[0]
+
+    @property
+    def config(self) -> Config:
+        return self[4]
+
+    def problem(self) -> Problem:
+        model, p0, bounds, _, config = self
+        return make_problem(model, p0, bounds, config, jax.tree.leaves(p0)[0].dtype)
+
+    def residual(self):
+        return self.problem().residual(self[3])
+
+
+jax.tree_util.register_pytree_node(
+    _Fixed, lambda f: ((f[1], f[2], f[3], f[4]), f[0]),
+    lambda model, children: _Fixed(model, *children))
+
+
+def _warmup_loss(fixed: _Fixed, sample: Data):
+    """The fused driver's warmup loss: mean half squared residual on the subsample."""
+    problem = fixed.problem()
+    residual = fixed.residual()
+    lower, upper = problem.lower, problem.upper
+    n_sample = jnp.sum(sample.weight > 0)
+
+    def loss(u):
+        return accumulate.cost(residual, jnp.clip(u, lower, upper), sample) / n_sample
+
+    return loss
+
+
+def _record(trace: Trace, phase, cost, grad_norm, radius) -> Trace:
+    """Append one entry to the trace, as the fused driver does."""
+    length = trace.cost.shape[0]
+    k = jnp.minimum(trace.length, length - 1)
+    return Trace(trace.cost.at[k].set(cost), trace.grad_norm.at[k].set(grad_norm),
+                 trace.radius.at[k].set(radius), trace.phase.at[k].set(phase),
+                 trace.length + 1)
+
+
+@_jit
+def _start(fixed: _Fixed, sample: Data) -> PipelineState:
+    TRACE_COUNTS["start"] += 1
+    problem, config = fixed.problem(), fixed.config
+    u0 = problem.u0
+    ws = warmup.init(u0, _warmup_loss(fixed, sample),
+                     pipeline.relative_loss(fixed.residual(), u0, sample), config)
+    nan = jnp.full(config.trace_length, jnp.nan, u0.dtype)
+    return _strong(PipelineState(
+        phase=jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32),
+        warmup=ws, gauss_newton=gauss_newton.init(ws.best_u, config),
+        trace=Trace(nan, nan, nan, jnp.zeros(config.trace_length, jnp.int32), jnp.asarray(0))))
+
+
+@_jit
+def _warmup_step(fixed: _Fixed, sample: Data, s: PipelineState) -> PipelineState:
+    TRACE_COUNTS["warmup_step"] += 1
+    problem, config = fixed.problem(), fixed.config
+    ws = warmup.update(s.warmup, _warmup_loss(fixed, sample), problem.lower, problem.upper,
+                       config)
+    phase = jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32)
+    trace = _record(s.trace, Phase.WARMUP, ws.loss, jnp.linalg.norm(ws.grad), jnp.nan)
+    return _strong(PipelineState(phase, ws, gauss_newton.init(ws.best_u, config), trace))
+
+
+@_jit
+def _propose(fixed: _Fixed, s: PipelineState) -> Proposal:
+    TRACE_COUNTS["propose"] += 1
+    problem = fixed.problem()
+    return gauss_newton.propose(s.gauss_newton, problem.lower, problem.upper)
+
+
+@_jit
+def _fold(fixed: _Fixed, u, acc: accumulate.Accumulator, x, y, w) -> accumulate.Accumulator:
+    """`acc` with one streamed chunk folded in, sub-chunk by sub-chunk (`fold_chunk`).
+
+    The chunk is cut into `config.chunk_size` sub-chunks as in the fused
+    driver (cache-sized Jacobians), scanned in one compiled loop.
+    """
+    TRACE_COUNTS["fold"] += 1
+    config = fixed.config
+    data = Data(x, y, w, min(config.chunk_size, y.shape[0]))
+    forward = accumulate.use_forward_mode(config.jacobian, u.shape[0], data.chunk_size)
+    residual = fixed.residual()
+
+    def body(acc, i):
+        xc, yc, wc = data.chunk(i)
+        return accumulate.fold_chunk(residual, u, acc, xc, yc, wc, forward), None
+
+    if data.n_chunks == 1:
+        return body(acc, 0)[0]
+    return jax.lax.scan(body, acc, jnp.arange(data.n_chunks))[0]
+
+
+@_jit
+def _conclude(fixed: _Fixed, s: PipelineState, proposal: Proposal,
+              acc: accumulate.Accumulator) -> PipelineState:
+    TRACE_COUNTS["conclude"] += 1
+    problem, config = fixed.problem(), fixed.config
+    lower, upper = problem.lower, problem.upper
+    gs = gauss_newton.conclude(s.gauss_newton, proposal, accumulate.finish(acc), lower, upper,
+                               config)
+    phase = jnp.where(gs.running, Phase.GAUSS_NEWTON, _DONE).astype(jnp.int32)
+    gradient = gs.model.gradient
+    free = gauss_newton.free_variables(gs.u, gradient, lower, upper)
+    grad_norm = jnp.linalg.norm(jnp.where(free, gradient, 0))
+    trace = _record(s.trace, Phase.GAUSS_NEWTON, gs.model.cost, grad_norm, gs.radius)
+    return _strong(PipelineState(phase, s.warmup, gs, trace))
+
+
+@_jit
+def _result(fixed: _Fixed, s: PipelineState, n_points, absolute_sigma) -> Result:
+    problem = fixed.problem()
+    return make_result(problem, problem.to_params(s.gauss_newton.u), s, n_points,
+                       absolute_sigma)
+
+
+# ------------------------------------------------------------------------------------------
+# Host-side helpers
+# ------------------------------------------------------------------------------------------
+
+
+def _pass(source: ChunkSource, size: int, dtype, check_finite: bool,
+          depth: int) -> Iterator[Chunk]:
+    """One pass of padded device chunks, read `depth` chunks ahead in a thread."""
+    return sources.prefetch(sources.chunks(source, size, dtype, check_finite), depth,
+                            sources.to_device)
+
+
+def _to_data(chunk: Chunk) -> Data:
+    return Data(jax.device_put(chunk.x), jnp.asarray(chunk.y), jnp.asarray(chunk.weight),
+                chunk.n_valid)
+
+
+def _head_chunk(head: sources.Block, dtype) -> Chunk:
+    m = sources._length(head)
+    return sources._make_chunk(head, 0, 0, m, dtype)
+
+
+def _float_dtype(p0, y):
+    dtype = jnp.result_type(*jax.tree.leaves(p0), y)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(dtype, float)
+    return dtype
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _fingerprint(model, p0: PyTree, problem: Problem, args, head: sources.Block, n: int,
+                 dtype) -> dict:
+    """What identifies the problem: model, parameter layout, start and box, data layout."""
+
+    def digest(*trees) -> str:
+        h = hashlib.sha256()
+        for leaf in jax.tree.leaves(trees):
+            a = np.asarray(leaf)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:32]
+
+    name = f"{getattr(model, '__module__', '?')}.{getattr(model, '__qualname__', repr(model))}"
+    return {
+        "model": name,
+        "params": f"{jax.tree.structure(p0)} {[list(np.shape(a)) for a in jax.tree.leaves(p0)]}",
+        "dtype": str(np.dtype(dtype)),
+        "n_points": int(n),
+        "x": str(jax.tree.map(lambda a: (a.shape[1:], a.dtype.str), head.x)),
+        "sigma": head.sigma is not None,
+        "start_and_bounds": digest(problem.norm, problem.lb, problem.ub, problem.u0),
+        "args": digest(args),
+        "first_points": digest(head),
+    }
+
+
+def _settings(config: Config, chunk_size: int, warmup_chunks, absolute_sigma,
+              check_finite) -> dict:
+    """The configuration as JSON-able values (what a resumed fit must share)."""
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    values = {k: (float(v) if isinstance(v, float | np.floating | jax.Array) else v)
+              for k, v in fields.items()}
+    values.update(stream_chunk_size=chunk_size, warmup_chunks=warmup_chunks,
+                  absolute_sigma=bool(absolute_sigma), check_finite=bool(check_finite))
+    return values
+
+
+def _save(path, state: PipelineState, fingerprint: dict, settings: dict, iteration: int,
+          finished: bool) -> None:
+    checkpoints.save(path, state, fingerprint, settings,
+                    {"iteration": iteration, "finished": finished, "phase": int(state.phase),
+                     "time": time.time()})
+
+
+def _maybe_save(path, every: int, done: int, state, fingerprint, settings) -> None:
+    if path is not None and done % every == 0 and int(state.phase) != _DONE:
+        _save(path, state, fingerprint, settings, done, finished=False)
+
+
+class _Progress:
+    """tqdm bars over iterations and over the chunks of the current pass (or nothing)."""
+
+    def __init__(self, enabled: bool, n_chunks: int):
+        self.enabled = enabled
+        self.n_chunks = n_chunks
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self.outer = tqdm(desc="hybrid_gn iterations", unit="it", position=0)
+            self.inner = tqdm(desc="pass", total=self.n_chunks, unit="chunk", position=1,
+                              leave=False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.inner.close()
+            self.outer.close()
+
+    def iteration(self, state: PipelineState, done: int) -> None:
+        if not self.enabled or done == 0:
+            return
+        trace = state.trace
+        k = min(done, trace.cost.shape[0]) - 1
+        phase = "warmup" if int(trace.phase[k]) == Phase.WARMUP else "gauss-newton"
+        self.outer.n = done
+        self.outer.set_postfix(phase=phase, cost=f"{float(trace.cost[k]):.6g}",
+                               grad=f"{float(trace.grad_norm[k]):.3g}",
+                               radius=f"{float(trace.radius[k]):.3g}")
+
+    def new_pass(self) -> None:
+        if self.enabled:
+            self.inner.reset(total=self.n_chunks)
+
+    def chunk(self) -> None:
+        if self.enabled:
+            self.inner.update(1)
