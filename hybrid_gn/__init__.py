@@ -15,13 +15,16 @@ import jax
 if "JAX_ENABLE_X64" not in os.environ:
     jax.config.update("jax_enable_x64", True)
 
-from . import sampling  # noqa: E402
+from . import sampling, sources  # noqa: E402
 from .api import fit  # noqa: E402
+from .checkpoint import CheckpointError  # noqa: E402
 from .config import Config  # noqa: E402
 from .curve_fit import CovarianceWarning, curve_fit  # noqa: E402
 from .result import Phase, Result, Status, Trace, WarmupMode, WarmupReason  # noqa: E402
+from .streaming import fit_stream  # noqa: E402
 
 __all__ = [
+    "CheckpointError",
     "Config",
     "CovarianceWarning",
     "Phase",
@@ -31,7 +34,9 @@ __all__ = [
     "WarmupMode",
     "WarmupReason",
     "sampling",
+    "sources",
     "curve_fit",
     "fit",
+    "fit_stream",
 ]
 __version__ = "0.1.0"

@@ -14,7 +14,7 @@ from jaxtyping import PyTree
 from . import accumulate, gauss_newton, implicit, pipeline
 from .config import Config, with_tolerances
 from .covariance import covariance
-from .data import Data, make_data
+from .data import make_data
 from .problem import Problem, flat_bounds, make_problem
 from .result import Result
 
@@ -103,14 +103,18 @@ def _fit(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config: Con
 
     free = gauss_newton.free_variables(gs.u, gs.model.gradient, lower, upper)
     u_final = implicit.solution(objective, gs.u, free, eta)
-    return make_result(problem, problem.to_params(u_final), state, data, absolute_sigma)
+    return make_result(problem, problem.to_params(u_final), state, jnp.sum(data.weight > 0),
+                       absolute_sigma)
 
 
-def make_result(problem: Problem, params: PyTree, state: pipeline.PipelineState, data: Data,
+def make_result(problem: Problem, params: PyTree, state: pipeline.PipelineState, n_points,
                 absolute_sigma) -> Result:
-    """Phase 3: covariance (curve_fit semantics) and the `Result` of a finished run."""
+    """Phase 3: covariance (curve_fit semantics) and the `Result` of a finished run.
+
+    `n_points` counts the points with nonzero weight (the fused driver sums
+    them on device; the streaming driver counts them while reading).
+    """
     gs, ws = state.gauss_newton, state.warmup
-    n_points = jnp.sum(data.weight > 0)
     pcov = covariance(gs.model.factor, gs.model.cost, problem.norm.scale, n_points,
                       absolute_sigma)
     return Result(
