@@ -120,8 +120,7 @@ def fit_stream(
     warmup_data = None
     if resume is not None:
         saved = checkpoints.read(resume)
-        template = jax.eval_shape(lambda f, s: _start(f, s), fixed,
-                                  _to_data(_head_chunk(head, dtype)))
+        template = _start.eval_shape(fixed, _to_data(_head_chunk(head, dtype)))
         state = checkpoints.restore(saved, template, fingerprint, settings, resume)
     else:
         warmup_data = _to_data(sample())
@@ -369,7 +368,7 @@ def _fingerprint(model, p0: PyTree, problem: Problem, args, head: sources.Block,
         "sigma": head.sigma is not None,
         "start_and_bounds": digest(problem.norm, problem.lb, problem.ub, problem.u0),
         "args": digest(args),
-        "first_points": digest(head),
+        "first_points": digest(sources._take(head, 0, 64)),  # whatever the chunk size
     }
 
 
