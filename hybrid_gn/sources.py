@@ -60,7 +60,11 @@ class ChunkSource(abc.ABC):
 
     @abc.abstractmethod
     def blocks(self, size: int) -> Iterator[Block]:
-        """A fresh pass over all points, in blocks of (preferably) `size` points."""
+        """A fresh pass over all points, in blocks of (preferably) `size` points.
+
+        The driver copies each block before it asks for the next one, so a
+        source may reuse its arrays from block to block.
+        """
 
     def block_range(self, start: int, stop: int) -> Block:
         """Points `start:stop` (random-access sources only)."""
@@ -154,11 +158,18 @@ class HDF5Source(ChunkSource):
             return self._read(f, start, stop)
 
     def blocks(self, size: int) -> Iterator[Block]:
+        """Reads into two or three buffers reused for every block of the pass."""
         import h5py
 
         with h5py.File(self.path, "r") as f:
+            datasets = [f[name] for name in self.names.values() if name is not None]
+            buffers = [np.empty((size, *d.shape[1:]), d.dtype) for d in datasets]
             for start in range(0, self.n_points, size):
-                yield self._read(f, start, min(start + size, self.n_points))
+                m = min(size, self.n_points - start)
+                for d, b in zip(datasets, buffers, strict=True):
+                    d.read_direct(b, np.s_[start:start + m], np.s_[0:m])
+                views = [b[:m] for b in buffers]
+                yield Block(views[0], views[1], views[2] if len(views) == 3 else None)
 
 
 class CallableSource(ChunkSource):
@@ -242,13 +253,14 @@ def check_block(source: ChunkSource, block: Block, index: int, start: int,
         fields = [("y", block.y), *[("x", a) for a in jax.tree.leaves(block.x)]]
         if block.sigma is not None:
             fields.append(("sigma", block.sigma))
-        for name, a in fields:
-            if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
+        for name, a in fields:  # a sum is NaN/Inf if any value is (or, rarely, on overflow)
+            if (np.issubdtype(a.dtype, np.inexact) and not np.isfinite(np.sum(a))
+                    and not np.all(np.isfinite(a))):
                 bad = np.flatnonzero(~np.isfinite(a).reshape(m, -1).all(axis=1))
                 raise ValueError(f"{where}: {source.describe(name)} contains NaN or Inf "
                                  f"({bad.size} points, first at point {start + bad[0]}); "
                                  f"clean the data or pass check_finite=False")
-    if block.sigma is not None and not np.all(block.sigma > 0):
+    if block.sigma is not None and m and not np.min(block.sigma) > 0:
         bad = int(np.argmin(block.sigma > 0))
         raise ValueError(f"{where}: {source.describe('sigma')} must be strictly positive "
                          f"(point {start + bad} has {block.sigma[bad]})")
@@ -262,13 +274,6 @@ def _weight(block: Block, dtype) -> np.ndarray:
     if block.sigma is None:
         return np.ones(np.shape(block.y)[0], dtype)
     return (1 / np.asarray(block.sigma, dtype)).astype(dtype)
-
-
-def _pad(a: np.ndarray, size: int) -> np.ndarray:
-    """`a` extended to `size` rows by repeating its last row (harmless model inputs)."""
-    if a.shape[0] == size:
-        return a
-    return np.concatenate([a, np.repeat(a[-1:], size - a.shape[0], axis=0)])
 
 
 def _concat(blocks: Sequence[Block]) -> Block:
@@ -305,41 +310,116 @@ def checked_blocks(source: ChunkSource, size: int, check_finite: bool,
         start += _length(block)
 
 
-def chunks(source: ChunkSource, size: int, dtype, check_finite: bool) -> Iterator[Chunk]:
-    """One pass as chunks of exactly `size` points; the last one padded with weight 0."""
-    pending: list[Block] = []
-    n_pending = 0
-    index = 0
-    position = 0
+class _Slot(NamedTuple):
+    """One host buffer of a chunk, reused pass after pass."""
+
+    x: PyTree
+    y: np.ndarray
+    weight: np.ndarray
+
+
+class _SlotPool:
+    """At most `count` host buffers, allocated on first use and recycled.
+
+    Reading into recycled buffers keeps the reader from allocating per chunk:
+    fresh arrays allocated in one thread and freed in another fragment the
+    allocator's arenas, and the resident memory then creeps up pass after pass.
+    """
+
+    def __init__(self, count: int, size: int, dtype):
+        self.count, self.size, self.dtype = count, size, dtype
+        self.made = 0
+        self.free: queue.Queue = queue.Queue()
+        self.closed = threading.Event()
+
+    def acquire(self, like: Block) -> _Slot:
+        if self.free.empty() and self.made < self.count:
+            self.made += 1
+            return _Slot(jax.tree.map(lambda a: np.empty((self.size, *a.shape[1:]), a.dtype),
+                                      like.x),
+                         np.empty(self.size, self.dtype), np.empty(self.size, self.dtype))
+        while True:
+            if self.closed.is_set():
+                raise _Stopped
+            try:
+                return self.free.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    def release(self, slot: _Slot) -> None:
+        self.free.put(slot)
+
+
+class _Stopped(Exception):
+    """The consumer has gone; the reader stops."""
+
+
+def _filled(source: ChunkSource, size: int, dtype, check_finite: bool,
+            acquire: Callable[[Block], _Slot]) -> Iterator[tuple[Chunk, _Slot]]:
+    """One pass as chunks of exactly `size` points written into buffers from `acquire`.
+
+    The blocks of the source are copied in (cast to `dtype`, weight 1/sigma);
+    the last chunk is padded with copies of its last point and weight 0.
+    """
+    slot, fill, index = None, 0, 0
     for _, block in checked_blocks(source, size, check_finite):
-        pending.append(block)
-        n_pending += _length(block)
-        while n_pending >= size:
-            whole = _concat(pending)
-            yield _make_chunk(_take(whole, 0, size), index, position, size, dtype)
-            index += 1
-            position += size
-            rest = _take(whole, size, n_pending)
-            n_pending -= size
-            pending = [rest] if n_pending else []
-    if n_pending:
-        yield _make_chunk(_concat(pending), index, position, size, dtype)
+        m, taken = _length(block), 0
+        while taken < m:
+            if slot is None:
+                slot, fill = acquire(block), 0
+            k = min(size - fill, m - taken)
+            dst, src = slice(fill, fill + k), slice(taken, taken + k)
+            for d, a in zip(jax.tree.leaves(slot.x), jax.tree.leaves(block.x), strict=True):
+                np.copyto(d[dst], a[src])
+            np.copyto(slot.y[dst], block.y[src], casting="unsafe")
+            if block.sigma is None:
+                slot.weight[dst] = 1
+            else:
+                np.copyto(slot.weight[dst], block.sigma[src], casting="unsafe")
+                np.reciprocal(slot.weight[dst], out=slot.weight[dst])
+            fill, taken = fill + k, taken + k
+            if fill == size:
+                yield Chunk(index, index * size, size, slot.x, slot.y, slot.weight), slot
+                slot, index = None, index + 1
+    if slot is not None:
+        for a in (*jax.tree.leaves(slot.x), slot.y):
+            a[fill:] = a[fill - 1]
+        slot.weight[fill:] = 0
+        yield Chunk(index, index * size, fill, slot.x, slot.y, slot.weight), slot
 
 
-def _make_chunk(block: Block, index: int, start: int, size: int, dtype) -> Chunk:
-    m = _length(block)
-    weight = _weight(block, dtype)
-    if m < size:
-        weight = np.concatenate([weight, np.zeros(size - m, dtype)])
-    y = np.asarray(block.y, dtype)
-    return Chunk(index, start, m, jax.tree.map(lambda a: _pad(a, size), block.x),
-                 _pad(y, size), weight)
+def chunks(source: ChunkSource, size: int, dtype, check_finite: bool) -> Iterator[Chunk]:
+    """One pass as host chunks of exactly `size` points (the last padded with weight 0).
+
+    Each chunk's arrays are overwritten by the next one: copy what you keep.
+    """
+    pool = _SlotPool(1, size, dtype)
+    for chunk, slot in _filled(source, size, dtype, check_finite, pool.acquire):
+        yield chunk
+        pool.release(slot)
 
 
-def to_device(chunk: Chunk) -> Chunk:
-    """The chunk's arrays as JAX arrays (the host-to-device copy, off the main thread)."""
-    x, y, w = jax.device_put((chunk.x, chunk.y, chunk.weight))
-    return chunk._replace(x=x, y=y, weight=w)
+def device_chunks(source: ChunkSource, size: int, dtype, check_finite: bool,
+                  depth: int) -> Iterator[Chunk]:
+    """One pass as device chunks, read and checked up to `depth` chunks ahead in a thread.
+
+    The reader fills a ring of `depth + 2` host buffers; the consumer copies
+    each chunk out and hands its buffer back. (On CPU, `jax.device_put` may
+    alias a suitably aligned numpy array instead of copying it, so a buffer
+    that will be overwritten must be copied on the host.) `depth = 0` reads in
+    turn with the consumer.
+    """
+    pool = _SlotPool(1 if depth <= 0 else depth + 2, size, dtype)
+    items = prefetch(_filled(source, size, dtype, check_finite, pool.acquire), depth)
+    try:
+        for chunk, slot in items:
+            host = jax.tree.map(np.array, (chunk.x, chunk.y, chunk.weight))
+            pool.release(slot)
+            x, y, w = jax.device_put(host)
+            yield chunk._replace(x=x, y=y, weight=w)
+    finally:
+        pool.closed.set()
+        items.close()
 
 
 # ------------------------------------------------------------------------------------------
@@ -353,17 +433,16 @@ class _Failure(NamedTuple):
     error: BaseException
 
 
-def prefetch(items: Iterator, depth: int, transform: Callable = lambda item: item) -> Iterator:
-    """`transform(item)` for each item, produced up to `depth` items ahead in a thread.
+def prefetch(items: Iterator, depth: int) -> Iterator:
+    """The items of `items`, produced up to `depth` ahead in a background thread.
 
-    The producer (reading, checking, padding, copying to the device) overlaps
-    with the consumer's computation. An error in the producer is re-raised in
-    the consumer at the point where its item would have arrived; a consumer
-    that stops early stops the producer. `depth = 0` reads synchronously.
+    The producer (reading, checking, padding) overlaps with the consumer's
+    computation. An error in the producer is re-raised in the consumer where
+    its item would have arrived; a consumer that stops early stops the
+    producer. `depth = 0` produces in turn, in the consumer's thread.
     """
     if depth <= 0:
-        for item in items:
-            yield transform(item)
+        yield from items
         return
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -380,17 +459,15 @@ def prefetch(items: Iterator, depth: int, transform: Callable = lambda item: ite
     def produce() -> None:
         try:
             for item in items:
-                if not put(transform(item)):
+                if not put(item):
                     return
             put(_END)
+        except _Stopped:
+            return
         except BaseException as error:  # handed to the consumer, re-raised there
             put(_Failure(error))
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
 
-    thread = threading.Thread(target=produce, name="hybrid_gn-prefetch", daemon=True)
+    thread = threading.Thread(target=produce, name="hybrid_gn-reader", daemon=True)
     thread.start()
     try:
         while True:
@@ -431,8 +508,8 @@ def survey(source: ChunkSource, size: int, check_finite: bool) -> Survey:
     n = 0
     first: list[Block] = []
     for _, block in checked_blocks(source, size, check_finite):
-        if n < size:
-            first.append(_take(block, 0, size - n))
+        if n < size:  # a copy: a source may reuse its buffers for the next block
+            first.append(jax.tree.map(np.array, _take(block, 0, size - n)))
         n += _length(block)
     if n == 0:
         raise ValueError("the source is empty: a pass over it yielded no data points")
@@ -481,7 +558,8 @@ def subsample(source: ChunkSource, size: int, n_points: int, n_select: int | Non
     parts = []
     for j, block, weight in selected():
         first = (-offset[j]) % stride
-        parts.append(Block(jax.tree.map(lambda a, f=first: a[f::stride], block.x),
-                           np.asarray(block.y, dtype)[first::stride], weight[first::stride]))
+        parts.append(Block(jax.tree.map(lambda a, f=first: np.array(a[f::stride]), block.x),
+                           np.array(block.y[first::stride], dtype),
+                           np.array(weight[first::stride], dtype)))
     whole = _concat(parts)  # sigma holds the weights here
     return Chunk(0, 0, _length(whole), whole.x, whole.y, whole.sigma)

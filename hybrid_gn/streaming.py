@@ -320,8 +320,7 @@ def _result(fixed: _Fixed, s: PipelineState, n_points, absolute_sigma) -> Result
 def _pass(source: ChunkSource, size: int, dtype, check_finite: bool,
           depth: int) -> Iterator[Chunk]:
     """One pass of padded device chunks, read `depth` chunks ahead in a thread."""
-    return sources.prefetch(sources.chunks(source, size, dtype, check_finite), depth,
-                            sources.to_device)
+    return sources.device_chunks(source, size, dtype, check_finite, depth)
 
 
 def _to_data(chunk: Chunk) -> Data:
@@ -331,7 +330,7 @@ def _to_data(chunk: Chunk) -> Data:
 
 def _head_chunk(head: sources.Block, dtype) -> Chunk:
     m = sources._length(head)
-    return sources._make_chunk(head, 0, 0, m, dtype)
+    return Chunk(0, 0, m, head.x, np.asarray(head.y, dtype), np.ones(m, dtype))
 
 
 def _float_dtype(p0, y):
