@@ -23,6 +23,7 @@ over [0, 10].
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -84,9 +85,11 @@ def stream(path: str, warm_path: str, chunk: int, prefetch: int) -> dict:
 
         starts: list[float] = []
 
-        def blocks(self, size):
+        @contextlib.contextmanager
+        def reader(self):
             self.starts.append(time.perf_counter())
-            yield from super().blocks(size)
+            with super().reader() as read:
+                yield read
 
     t = time.perf_counter()
     hybrid_gn.fit_stream(model, START, sources.HDF5Source(warm_path), chunk_size=chunk,

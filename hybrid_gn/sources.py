@@ -17,6 +17,7 @@ needs.
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import queue
 import threading
@@ -69,6 +70,24 @@ class ChunkSource(abc.ABC):
     def block_range(self, start: int, stop: int) -> Block:
         """Points `start:stop` (random-access sources only)."""
         raise NotImplementedError(f"{type(self).__name__} has no random access")
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[Callable[[int, int, Block], None]]:
+        """For one pass: `read(start, stop, out)` writes points `start:stop` into the
+        arrays of `out` (random access only; `out.sigma` is None without sigma).
+
+        Sources that can read straight into a buffer (HDF5) override this to
+        save a copy, and keep their file open for the pass.
+        """
+        def read(start: int, stop: int, out: Block) -> None:
+            block = self.block_range(start, stop)
+            for d, a in zip(jax.tree.leaves(out.x), jax.tree.leaves(block.x), strict=True):
+                np.copyto(d, a, casting="unsafe")
+            np.copyto(out.y, block.y, casting="unsafe")
+            if out.sigma is not None:
+                np.copyto(out.sigma, block.sigma, casting="unsafe")
+
+        yield read
 
     def describe(self, field: str) -> str:
         """How error messages name the data of `field` ('x', 'y' or 'sigma')."""
@@ -156,6 +175,20 @@ class HDF5Source(ChunkSource):
 
         with h5py.File(self.path, "r") as f:
             return self._read(f, start, stop)
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[Callable[[int, int, Block], None]]:
+        import h5py
+
+        with h5py.File(self.path, "r") as f:
+            datasets = {field: f[name] for field, name in self.names.items() if name is not None}
+
+            def read(start: int, stop: int, out: Block) -> None:
+                for field, buffer in (("x", out.x), ("y", out.y), ("sigma", out.sigma)):
+                    if buffer is not None:
+                        datasets[field].read_direct(buffer, np.s_[start:stop])
+
+            yield read
 
     def blocks(self, size: int) -> Iterator[Block]:
         """Reads into two or three buffers reused for every block of the pass."""
@@ -361,6 +394,9 @@ def _filled(source: ChunkSource, size: int, dtype, check_finite: bool,
     The blocks of the source are copied in (cast to `dtype`, weight 1/sigma);
     the last chunk is padded with copies of its last point and weight 0.
     """
+    if source.random_access:
+        yield from _filled_directly(source, size, check_finite, acquire)
+        return
     slot, fill, index = None, 0, 0
     for _, block in checked_blocks(source, size, check_finite):
         m, taken = _length(block), 0
@@ -386,6 +422,38 @@ def _filled(source: ChunkSource, size: int, dtype, check_finite: bool,
             a[fill:] = a[fill - 1]
         slot.weight[fill:] = 0
         yield Chunk(index, index * size, fill, slot.x, slot.y, slot.weight), slot
+
+
+def _filled_directly(source: ChunkSource, size: int, check_finite: bool,
+                     acquire: Callable[[Block], _Slot]) -> Iterator[tuple[Chunk, _Slot]]:
+    """`_filled` for random-access sources: each chunk read straight into its buffer
+    (sigma into the weight buffer, then inverted in place), checked there."""
+    n = int(source.n_points)
+    like = source.block_range(0, 1)
+    with source.reader() as read:
+        for index, start in enumerate(range(0, n, size)):
+            m = min(size, n - start)
+            slot = acquire(like)
+            view = Block(jax.tree.map(lambda a, m=m: a[:m], slot.x), slot.y[:m],
+                         None if like.sigma is None else slot.weight[:m])
+            read(start, start + m, view)
+            yield _finished(source, slot, view, index, start, size, check_finite), slot
+
+
+def _finished(source: ChunkSource, slot: _Slot, view: Block, index: int, start: int,
+              size: int, check_finite: bool) -> Chunk:
+    """The chunk in `slot` once its `view` has been read: checked, weighted, padded."""
+    m = _length(view)
+    check_block(source, view, index, start, None, check_finite)
+    if view.sigma is None:
+        slot.weight[:m] = 1
+    else:
+        np.reciprocal(view.sigma, out=view.sigma)
+    if m < size:
+        for a in (*jax.tree.leaves(slot.x), slot.y):
+            a[m:] = a[m - 1]
+        slot.weight[m:] = 0
+    return Chunk(index, start, m, slot.x, slot.y, slot.weight)
 
 
 def chunks(source: ChunkSource, size: int, dtype, check_finite: bool) -> Iterator[Chunk]:
