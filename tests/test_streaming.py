@@ -188,6 +188,7 @@ def test_warmup_reads_only_the_sampled_chunks(reference):
     assert_same_fit(result, reference, 1e-10)
 
 
+@pytest.mark.slow  # compiles every piece once more, for float32 (~10 s)
 def test_float32_stays_float32(reference):
     """float32 data and start give a float32 fit close to the float64 one."""
     result = fit_stream(peak, P0.astype(np.float32),
