@@ -16,6 +16,7 @@ checkpoints and updates the progress bar; nothing else leaves the device.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -142,15 +143,18 @@ def fit_stream(
             acc = accumulate.empty_accumulator(problem.u0.shape[0], dtype, use_qr)
             seen = 0
             bar.new_pass()
-            for chunk in _pass(source, chunk_size, dtype, check_finite, prefetch):
-                previous = acc
-                acc = _fold(fixed, proposal.trial, acc, chunk.x, chunk.y, chunk.weight)
-                if prefetch == 0:  # strictly in turn: read, then compute
-                    jax.block_until_ready(acc)
-                else:  # at most one chunk queued behind the running one
-                    jax.block_until_ready(previous)
-                seen += chunk.n_valid
-                bar.chunk()
+            # closed on any error too, which stops the reading thread at once
+            with contextlib.closing(_pass(source, chunk_size, dtype, check_finite,
+                                          prefetch)) as chunks:
+                for chunk in chunks:
+                    previous = acc
+                    acc = _fold(fixed, proposal.trial, acc, chunk.x, chunk.y, chunk.weight)
+                    if prefetch == 0:  # strictly in turn: read, then compute
+                        jax.block_until_ready(acc)
+                    else:  # at most one chunk queued behind the running one
+                        jax.block_until_ready(previous)
+                    seen += chunk.n_valid
+                    bar.chunk()
             if seen != n:
                 raise ValueError(f"the source changed between passes: it had {n} points, this "
                                  f"pass read {seen}")
