@@ -313,3 +313,63 @@ def test_fused_progress_callback_compiled_out_when_off():
 
     assert "callback" not in jaxpr(False)
     assert "debug_callback" in jaxpr(True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded memory
+# ---------------------------------------------------------------------------------------------
+
+MEMORY_SCRIPT = """
+import sys
+from pathlib import Path
+
+import numpy as np
+import jax.numpy as jnp
+
+
+def rss_mib(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+
+
+import hybrid_gn
+
+baseline = rss_mib("VmRSS")
+n = int(sys.argv[1])
+
+
+def model(p, x):
+    a, mu, s, b0, b1 = p
+    return a * jnp.exp(-0.5 * ((x - mu) / s) ** 2) + b0 + b1 * x
+
+
+def chunks():  # generated on the fly: the data never exists in memory as a whole
+    rng = np.random.default_rng(0)
+    for start in range(0, n, 100_000):
+        x = 10.0 * np.arange(start, min(start + 100_000, n)) / (n - 1)
+        y = 3 * np.exp(-0.5 * ((x - 5) / 0.8) ** 2) + 0.5 + 0.1 * x
+        yield x, y + 0.2 * rng.standard_normal(x.size)
+
+
+result = hybrid_gn.fit_stream(model, np.array([2.0, 4.6, 1.1, 0.2, 0.0]), chunks,
+                              chunk_size=1 << 16, progress=False)
+assert bool(result.success), result.message
+print(rss_mib("VmHWM") - baseline)
+"""
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_n(tmp_path):
+    """Peak RSS above the post-import baseline, for 1e6 and 1.6e7 generated points (the
+    latter's x and y alone would take 256 MB): the same to within 40 MB."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "memory.py"
+    script.write_text(MEMORY_SCRIPT)
+    peaks = [float(subprocess.run([sys.executable, str(script), str(n)], check=True,
+                                  capture_output=True, text=True).stdout.split()[-1])
+             for n in (1_000_000, 16_000_000)]
+    assert abs(peaks[1] - peaks[0]) < 40, peaks
+    assert peaks[1] < 300, peaks
