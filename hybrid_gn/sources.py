@@ -46,6 +46,7 @@ class Chunk(NamedTuple):
     x: PyTree
     y: np.ndarray | jax.Array
     weight: np.ndarray | jax.Array
+    unit_weight: bool = False  # every weight is 1 (no sigma, no padding)
 
 
 class ChunkSource(abc.ABC):
@@ -415,7 +416,8 @@ def _filled(source: ChunkSource, size: int, dtype, check_finite: bool,
                 np.reciprocal(slot.weight[dst], out=slot.weight[dst])
             fill, taken = fill + k, taken + k
             if fill == size:
-                yield Chunk(index, index * size, size, slot.x, slot.y, slot.weight), slot
+                yield Chunk(index, index * size, size, slot.x, slot.y, slot.weight,
+                            block.sigma is None), slot
                 slot, index = None, index + 1
     if slot is not None:
         for a in (*jax.tree.leaves(slot.x), slot.y):
@@ -453,7 +455,7 @@ def _finished(source: ChunkSource, slot: _Slot, view: Block, index: int, start: 
         for a in (*jax.tree.leaves(slot.x), slot.y):
             a[m:] = a[m - 1]
         slot.weight[m:] = 0
-    return Chunk(index, start, m, slot.x, slot.y, slot.weight)
+    return Chunk(index, start, m, slot.x, slot.y, slot.weight, view.sigma is None and m == size)
 
 
 def chunks(source: ChunkSource, size: int, dtype, check_finite: bool) -> Iterator[Chunk]:
@@ -472,22 +474,38 @@ def device_chunks(source: ChunkSource, size: int, dtype, check_finite: bool,
     """One pass as device chunks, read and checked up to `depth` chunks ahead in a thread.
 
     The reader fills a ring of `depth + 2` host buffers; the consumer copies
-    each chunk out and hands its buffer back. (On CPU, `jax.device_put` may
-    alias a suitably aligned numpy array instead of copying it, so a buffer
-    that will be overwritten must be copied on the host.) `depth = 0` reads in
-    turn with the consumer.
+    each chunk out and hands its buffer back. On CPU, `jax.device_put` aliases
+    a 64-byte aligned numpy array instead of copying it (and copies any other),
+    so a buffer that will be overwritten is copied once, into a fresh aligned
+    array that the device array then owns. Without sigma, full chunks share
+    one device array of unit weights. `depth = 0` reads in turn with the
+    consumer.
     """
     pool = _SlotPool(1 if depth <= 0 else depth + 2, size, dtype)
     items = prefetch(_filled(source, size, dtype, check_finite, pool.acquire), depth)
+    ones = None
     try:
         for chunk, slot in items:
-            host = jax.tree.map(np.array, (chunk.x, chunk.y, chunk.weight))
+            unit = chunk.unit_weight
+            x, y = jax.tree.map(_aligned_copy, (chunk.x, chunk.y))
+            w = None if unit else _aligned_copy(chunk.weight)
             pool.release(slot)
-            x, y, w = jax.device_put(host)
+            if unit and ones is None:
+                ones = jax.device_put(np.ones(size, dtype))
+            x, y, w = jax.device_put((x, y, ones if unit else w))
             yield chunk._replace(x=x, y=y, weight=w)
     finally:
         pool.closed.set()
         items.close()
+
+
+def _aligned_copy(a: np.ndarray) -> np.ndarray:
+    """A copy of `a` in a new 64-byte aligned buffer (which `device_put` can adopt)."""
+    raw = np.empty(a.nbytes + 64, np.uint8)
+    offset = -raw.ctypes.data % 64
+    out = raw[offset:offset + a.nbytes].view(a.dtype).reshape(a.shape)
+    np.copyto(out, a)
+    return out
 
 
 # ------------------------------------------------------------------------------------------
