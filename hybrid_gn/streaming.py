@@ -279,6 +279,7 @@ def _fold(fixed: _Fixed, u, acc: accumulate.Accumulator, x, y, w) -> accumulate.
     driver (cache-sized Jacobians), scanned in one compiled loop.
     """
     TRACE_COUNTS["fold"] += 1
+    TRACE_COUNTS["fold qr"] += isinstance(acc, accumulate.QRAccumulator)
     config = fixed.config
     data = Data(x, y, w, min(config.chunk_size, y.shape[0]))
     forward = accumulate.use_forward_mode(config.jacobian, u.shape[0], data.chunk_size)

@@ -106,6 +106,20 @@ def test_one_compiled_fold_for_all_chunks_and_passes():
         assert streaming.TRACE_COUNTS[name] <= 1, name
 
 
+def test_switch_to_streamed_qr(reference):
+    """factorization="auto" switches to the streamed QR once cond(J) > qr_condition (here
+    at once): the host picks the QR accumulator from the state, one more compiled fold,
+    and the same optimum."""
+    config = dataclasses.replace(TIGHT, qr_condition=1.0)  # a traced field: no recompile
+    streaming.TRACE_COUNTS.clear()
+    result = fit_stream(peak, P0, (X, Y, SIGMA), config=config, chunk_size=1100,
+                        progress=False)
+    # the start is evaluated with the normal equations, every later pass by QR
+    assert streaming.TRACE_COUNTS["fold"] == 2 and streaming.TRACE_COUNTS["fold qr"] == 1
+    assert int(result.gn_iterations) >= 2
+    assert_same_fit(result, reference, 1e-10)
+
+
 def test_memmap_hdf5_and_generator_sources_agree(reference, tmp_path):
     """The three other sources give the array source's fit (same chunks: same rounding)."""
     base = fit_stream(peak, P0, (X, Y, SIGMA), config=TIGHT, chunk_size=1024, progress=False)
