@@ -17,9 +17,11 @@ if "JAX_ENABLE_X64" not in os.environ:
 
 from . import sampling, sources  # noqa: E402
 from .api import fit  # noqa: E402
+from .batch import fit_batch  # noqa: E402
 from .checkpoint import CheckpointError  # noqa: E402
 from .config import Config  # noqa: E402
 from .curve_fit import CovarianceWarning, curve_fit  # noqa: E402
+from .multistart import Tournament, fit_multistart  # noqa: E402
 from .result import Phase, Result, Status, Trace, WarmupMode, WarmupReason  # noqa: E402
 from .streaming import fit_stream  # noqa: E402
 
@@ -30,6 +32,7 @@ __all__ = [
     "Phase",
     "Result",
     "Status",
+    "Tournament",
     "Trace",
     "WarmupMode",
     "WarmupReason",
@@ -37,6 +40,8 @@ __all__ = [
     "sources",
     "curve_fit",
     "fit",
+    "fit_batch",
+    "fit_multistart",
     "fit_stream",
 ]
 __version__ = "0.1.0"

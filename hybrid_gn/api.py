@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import jax
@@ -14,7 +13,7 @@ from jaxtyping import PyTree
 from . import accumulate, gauss_newton, implicit, pipeline
 from .config import Config, with_tolerances
 from .covariance import covariance
-from .data import make_data
+from .data import Data, make_data
 from .problem import Problem, flat_bounds, make_problem
 from .result import Result
 
@@ -55,29 +54,7 @@ def fit(
     """
     config = Config() if config is None else config
     validate(model, p0, x, y, sigma, bounds, check_finite, config, args, mask)
-    top_level = _concrete(p0, x, y, sigma, bounds, args, mask, config)
-    return _jitted_fit(top_level)(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma,
-                                  config)
-
-
-@functools.cache
-def _jitted_fit(top_level: bool):
-    """`_fit` under jit; at top level, with XLA options that shorten compilation.
-
-    XLA's CPU backend compiles this program 1.5-2x faster with its classic
-    fusion emitters, and runs it as fast (see benchmarks/RESULTS.md). JAX
-    accepts compiler options only on a top-level jit (inside a user's jit the
-    user's options apply), and the option is checked once, so an XLA without
-    it just keeps its defaults.
-    """
-    if not top_level:
-        return jax.jit(_fit, static_argnames=("model",))
-    options = {"xla_cpu_use_fusion_emitters": False}
-    try:
-        jax.jit(jnp.negative).lower(1.0).compile(compiler_options=options)
-    except Exception:  # an XLA without this option: keep its defaults
-        return jax.jit(_fit, static_argnames=("model",))
-    return jax.jit(_fit, static_argnames=("model",), compiler_options=options)
+    return _jitted_fit(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config)
 
 
 def _fit(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config: Config) -> Result:
@@ -91,8 +68,17 @@ def _fit(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config: Con
     lower, upper = problem.lower, problem.upper
     data = make_data(x, y, sigma, config.chunk_size, dtype, mask)
     state = pipeline.run(problem.residual(args), problem.u0, lower, upper, data, config)
-    gs = state.gauss_newton
+    return finish(problem, state, data, eta, mask, absolute_sigma, config)
 
+
+_jitted_fit = jax.jit(_fit, static_argnames=("model",))
+
+
+def finish(problem: Problem, state: pipeline.PipelineState, data: Data, eta, mask,
+           absolute_sigma, config: Config) -> Result:
+    """The `Result` of a finished run, its params differentiable in `eta` = (x, y, sigma, args)."""
+    gs = state.gauss_newton
+    dtype = problem.dtype
     # as a float, so that closure conversion hoists it (it leaves integer tracers closed over)
     keep = None if mask is None else jnp.asarray(mask, dtype)
 
@@ -101,7 +87,7 @@ def _fit(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config: Con
         return accumulate.cost(problem.residual(model_args), u,
                                make_data(x, y, sigma, config.chunk_size, dtype, keep))
 
-    free = gauss_newton.free_variables(gs.u, gs.model.gradient, lower, upper)
+    free = gauss_newton.free_variables(gs.u, gs.model.gradient, problem.lower, problem.upper)
     u_final = implicit.solution(objective, gs.u, free, eta)
     return make_result(problem, problem.to_params(u_final), state, jnp.sum(data.weight > 0),
                        absolute_sigma)

@@ -38,7 +38,9 @@ class Config(eqx.Module):
     normalization: Normalization = _static("auto")  # auto: bounds if all finite, else p0
 
     # --- phase 1: L-BFGS warmup ---
-    warmup: bool = _static(True)
+    # auto: only where a warmup iteration is cheaper than a Gauss-Newton pass, i.e. the
+    # data has more than warmup_max_points points (the warmup works on a subsample)
+    warmup: bool | Literal["auto"] = _static("auto")
     warmup_linesearch: LineSearch = _static("zoom")
     warmup_linesearch_steps: int = _static(20)
     warmup_memory: int = _static(10)
@@ -75,6 +77,8 @@ class Config(eqx.Module):
         _one_of("normalization", self.normalization, ("auto", "bounds", "p0", "none"))
         _one_of("jacobian", self.jacobian, ("auto", "forward", "reverse"))
         _one_of("factorization", self.factorization, ("auto", "qr", "normal"))
+        if self.warmup not in (True, False, "auto"):
+            raise ValueError(f"warmup must be True, False or 'auto', got {self.warmup!r}")
         _one_of("warmup_linesearch", self.warmup_linesearch, ("zoom", "backtracking"))
         for name in ("warmup_linesearch_steps", "warmup_memory", "max_iter", "trace_length"):
             if getattr(self, name) < 1:
@@ -101,6 +105,19 @@ class Config(eqx.Module):
     # fused driver: report each iteration on stderr through jax.debug.callback (not compiled
     # in when False); the streaming driver has its own progress bar (fit_stream(progress=))
     progress: bool = _static(False)
+
+
+def warmup_pays_off(config: Config, n_points: int) -> bool:
+    """Whether warmup="auto" runs the warmup on data of `n_points` points.
+
+    Only when it works on a subsample: on the full data an L-BFGS iteration
+    with its line search costs at least one Gauss-Newton pass, and Gauss-
+    Newton converges in fewer (measured on 1e4 small Gaussian fits: the
+    warmup took 3.6x the time it saved).
+    """
+    if config.warmup != "auto":
+        return bool(config.warmup)
+    return config.warmup_max_points is not None and n_points > config.warmup_max_points
 
 
 def with_tolerances(config: Config, dtype) -> Config:

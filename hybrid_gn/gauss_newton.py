@@ -83,9 +83,13 @@ def rcond(use_qr, p: int, dtype) -> Float[Array, ""]:
 
 
 def ill_conditioned(model: Linearization, limit) -> Bool[Array, ""]:
-    """cond(J) = cond(R) above `limit`, where J^T J loses half the digits."""
-    sv = jnp.linalg.svd(model.factor, compute_uv=False)
-    return sv[-1] * limit < sv[0]
+    """cond(J) above `limit`, where J^T J loses half the digits.
+
+    Only asked of models from the normal equations, whose factor sqrt(E) V^T
+    has orthogonal rows: the row norms are the singular values of J.
+    """
+    sv = jnp.linalg.norm(model.factor, axis=1)
+    return jnp.min(sv) * limit < jnp.max(sv)
 
 
 class Proposal(eqx.Module):
@@ -101,7 +105,8 @@ def propose(state: GaussNewtonState, lower, upper) -> Proposal:
     u = state.u
     cutoff = rcond(state.use_qr, u.shape[0], u.dtype)
     free = free_variables(u, eq.gradient, lower, upper)
-    step = trust_region_step(eq.factor, eq.qtr, jnp.ones_like(u), state.radius, free, cutoff)
+    step = trust_region_step(eq.factor, eq.qtr, jnp.ones_like(u), state.radius, free, cutoff,
+                             orthogonal_rows=~state.use_qr)
     trial = jnp.where(state.started, jnp.clip(u + step, lower, upper), u)
     r_step = eq.factor @ (trial - u)
     return Proposal(trial, -(eq.qtr @ r_step + 0.5 * r_step @ r_step))
@@ -129,11 +134,20 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Linearization, lo
     actual = eq.cost - new.cost
     ratio = jnp.where(predicted > 0, actual / jnp.where(predicted > 0, predicted, 1), 0)
     good = new.finite & (predicted > 0) & (actual > config.accept_ratio * predicted)
-    accept = jnp.where(state.started, good, True)
+    step_norm = jnp.linalg.norm(step)
+    # ftol, MINPACK's second form: a full (not radius-limited) Gauss-Newton step
+    # that both promised and delivered at most ftol, either sign. The cost cannot
+    # tell the two points apart, and a ratio of two rounding-level numbers would
+    # reject such steps forever. The step is taken: the point after a full
+    # Gauss-Newton step is the optimum to second order, so the answer does not
+    # depend on the rounding that decided the sign of `actual`.
+    full_step = step_norm < 0.99 * state.radius
+    noise_level = (state.started & new.finite & full_step & (predicted <= config.ftol * eq.cost)
+                   & (jnp.abs(actual) <= config.ftol * eq.cost))
+    accept = jnp.where(state.started, good | noise_level, True)
 
     u_next = jnp.where(accept, trial, u)
     eq_next = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, eq)
-    step_norm = jnp.linalg.norm(step)
     shrink = ~new.finite | (ratio < 0.25)
     grow = (ratio > 0.75) & (step_norm > 0.95 * state.radius)
     radius = jnp.where(shrink, config.radius_shrink * step_norm,
@@ -143,7 +157,8 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Linearization, lo
     free_next = free_variables(u_next, eq_next.gradient, lower, upper)
     cosine = gradient_cosine(eq_next, free_next)
     gtol_ok = cosine <= config.gtol
-    ftol_ok = state.started & accept & (actual <= config.ftol * eq.cost) & (ratio > 0.25)
+    ftol_ok = state.started & (
+        (accept & (actual <= config.ftol * eq.cost) & (ratio > 0.25)) | noise_level)
     xtol_ok = state.started & (
         step_norm <= config.xtol * (config.xtol + jnp.linalg.norm(u_next)))
     # a step that collapsed through NaN/Inf trials is a stall, not convergence
@@ -159,8 +174,8 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Linearization, lo
         Status.RUNNING).astype(state.status.dtype)
 
     radius = jnp.where(recover, _initial_radius(u_next, config), radius)
-    use_qr = state.use_qr | (config.factorization == "auto") & new.finite & ill_conditioned(
-        new, config.qr_condition)
+    use_qr = state.use_qr | (config.factorization == "auto") & ~state.use_qr & new.finite & (
+        ill_conditioned(new, config.qr_condition))
     return GaussNewtonState(u=u_next, model=eq_next, use_qr=use_qr, radius=radius,
                             iteration=iteration, resets=state.resets + recover,
                             started=jnp.asarray(True), status=status)

@@ -22,7 +22,7 @@ from jaxtyping import Array, Float, Int
 
 from . import accumulate, gauss_newton, warmup
 from .accumulate import ResidualFn
-from .config import Config
+from .config import Config, warmup_pays_off
 from .data import Data
 from .gauss_newton import GaussNewtonState
 from .result import Phase, Trace
@@ -71,7 +71,7 @@ def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> P
         return accumulate.linearize(residual, u, data, config.jacobian, config.factorization,
                                     use_qr)
 
-    ws = warmup.init(u0, loss, relative_loss(residual, u0, sample), config)
+    ws = warmup.init(u0, loss, relative_loss(residual, u0, sample), config, data.n)
     length = config.trace_length
     nan = jnp.full(length, jnp.nan, u0.dtype)
     state = PipelineState(
@@ -107,6 +107,6 @@ def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> P
                                grad_norm, gs.radius)
         return PipelineState(phase, s.warmup, gs, trace)
 
-    if config.warmup:
+    if warmup_pays_off(config, data.n):
         state = jax.lax.while_loop(lambda s: s.phase == Phase.WARMUP, warmup_step, state)
     return jax.lax.while_loop(lambda s: s.phase != _DONE, gauss_newton_step, state)

@@ -55,6 +55,7 @@ class WarmupReason(enum.IntEnum):
     MAX_ITERATIONS = 5
     COST_INCREASE = 6
     NONFINITE = 7
+    SMALL_DATA = 8
 
     @property
     def message(self) -> str:
@@ -71,6 +72,8 @@ _WARMUP_MESSAGES = {
     WarmupReason.MAX_ITERATIONS: "switched: warmup iteration cap reached",
     WarmupReason.COST_INCREASE: "aborted: loss grew past the guard, best point kept",
     WarmupReason.NONFINITE: "aborted: NaN/Inf loss, best point kept",
+    WarmupReason.SMALL_DATA: ("skipped (warmup='auto'): the data is no larger than the warmup "
+                              "subsample, so Gauss-Newton passes are as cheap"),
 }
 
 
@@ -135,6 +138,25 @@ class Result(eqx.Module):
     def message(self) -> str:
         """Readable status; for a batch of results, a count per outcome."""
         return _describe(np.asarray(self.status), Status)
+
+    def summary(self) -> str:
+        """For a batch of results: how many converged, and why the others did not.
+
+        One line per outcome with its count and, for failures, the first
+        problem indices (so they can be inspected or refitted).
+        """
+        codes = np.asarray(self.status).ravel()
+        ok = (codes >= Status.CONVERGED_FTOL) & (codes <= Status.CONVERGED_GTOL)
+        lines = [f"{codes.size} problems: {int(ok.sum())} converged, "
+                 f"{int((~ok).sum())} did not"]
+        for value in np.unique(codes):
+            where = np.flatnonzero(codes == value)
+            line = f"  {where.size} x {Status(int(value)).message}"
+            if not Status(int(value)).success:
+                shown = ", ".join(str(i) for i in where[:10])
+                line += f" (problems {shown}{', ...' if where.size > 10 else ''})"
+            lines.append(line)
+        return "\n".join(lines)
 
     @property
     def warmup_message(self) -> str:

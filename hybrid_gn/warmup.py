@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int, PyTree
 
-from .config import Config
+from .config import Config, warmup_pays_off
 from .result import WarmupMode, WarmupReason
 
 LossFn = Callable[[Float[Array, " p"]], Float[Array, ""]]
@@ -61,14 +61,21 @@ def make_optimizer(config: Config) -> optax.GradientTransformationExtraArgs:
     )
 
 
-def init(u0, loss_fn: LossFn, relative_loss: Float[Array, ""], config: Config) -> WarmupState:
-    """Evaluate the start, pick the first-step regime, decide whether to run at all."""
+def init(u0, loss_fn: LossFn, relative_loss: Float[Array, ""], config: Config,
+         n_points: int | None = None) -> WarmupState:
+    """Evaluate the start, pick the first-step regime, decide whether to run at all.
+
+    `n_points`, the size of the whole data, decides warmup="auto" (see
+    `config.warmup_pays_off`); None counts as large data.
+    """
     loss, grad = jax.value_and_grad(loss_fn)(u0)
     mode = jnp.where(relative_loss < config.refine_threshold, WarmupMode.REFINE,
                      jnp.where(relative_loss > config.explore_threshold, WarmupMode.EXPLORE,
                                WarmupMode.CAREFUL))
     if not config.warmup:
         reason = jnp.asarray(WarmupReason.DISABLED)
+    elif n_points is not None and not warmup_pays_off(config, n_points):
+        reason = jnp.asarray(WarmupReason.SMALL_DATA)
     elif config.warmup_max_iter == 0:
         reason = jnp.asarray(WarmupReason.MAX_ITERATIONS)
     else:

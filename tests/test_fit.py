@@ -385,7 +385,10 @@ def test_nan_trial_is_rejected_and_fit_reaches_closed_form():
 
     length = int(result.trace.length)
     gn = np.asarray(result.trace.cost)[:length]
-    assert np.all(np.isfinite(gn)) and np.all(np.diff(gn) <= 0), gn
+    # non-increasing, up to the final rounding-level step (taken when both its predicted and
+    # actual changes are below ftol = 10 eps of the cost, see gauss_newton.conclude)
+    ftol = 10 * np.finfo(np.float64).eps
+    assert np.all(np.isfinite(gn)) and np.all(np.diff(gn) <= ftol * gn[:-1]), gn
 
 
 # --------------------------------------------------------------------------------------------
@@ -707,7 +710,9 @@ def product_fit_and_scipy_at_same_point():
     # ~1e27 here) started at our optimum stays there, so both pcovs are at the same point
     ref_popt, ref_pcov = scipy.optimize.curve_fit(product_np, PRODUCT_X, PRODUCT_Y, p0=popt,
                                                   jac=product_jac_np, method="trf", **TIGHT)
-    np.testing.assert_allclose(ref_popt, popt, rtol=1e-10)
+    # scipy's tight trf still takes rounding-level steps (a few 1e-10 relative in k, where the
+    # cost changes by less than eps * cost): the same point, far closer than pcov's tolerance
+    np.testing.assert_allclose(ref_popt, popt, rtol=1e-9)
     return popt, pcov, ref_popt, ref_pcov
 
 

@@ -37,7 +37,10 @@ import pytest
 import scipy.optimize
 
 import hybrid_gn
-from hybrid_gn import Config, Phase, Status, WarmupMode, WarmupReason, warmup
+from hybrid_gn import Phase, Status, WarmupMode, WarmupReason, warmup
+
+# these problems are small, where warmup='auto' would skip the warmup under test
+Config = functools.partial(hybrid_gn.Config, warmup=True)
 
 jax.config.update("jax_enable_x64", True)
 

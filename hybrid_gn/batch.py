@@ -1,0 +1,145 @@
+"""`fit_batch`: many independent problems in one call, ragged sizes padded with weight 0.
+
+The same `_fit` as `fit`, vmapped: every problem runs its own pipeline and
+keeps its own status, and a problem that has stopped is frozen while the loop
+runs on for the others, so its answer equals its solo fit. Problems with
+fewer points are padded to the longest with masked (weight-0) points, which
+change no sum: the answer equals that of the unpadded problem.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PyTree
+
+from .api import Model, _fit, validate
+from .config import Config
+from .problem import flat_bounds
+from .result import Result
+
+
+def fit_batch(
+    model: Model,
+    p0: PyTree,
+    x,
+    y,
+    *,
+    sigma=None,
+    bounds=None,
+    args: PyTree = None,
+    absolute_sigma: bool = False,
+    check_finite: bool = True,
+    config: Config | None = None,
+) -> Result:
+    """Fit B independent problems `model(params, x_b) ~ y_b`; a `Result` batched over B.
+
+    `y`: a (B, n) array, or a sequence of B 1-D arrays of different lengths
+    (ragged: each is padded to the longest with weight-0 points). `x` and
+    `sigma` (optional) match `y`: (B, n, ...) arrays or sequences. `p0` and
+    `args` (optional) are pytrees whose leaves have a leading batch axis B;
+    `bounds` are shared. With `check_finite`, NaN/Inf in a problem's data or
+    start raises an error naming the problem; without it, such a problem just
+    gets its own failed status. `Result.summary()` describes the batch.
+    """
+    config = Config() if config is None else config
+    x, y, sigma, mask = pad_ragged(x, y, sigma)
+    batch = y.shape[0]
+    for name, tree in (("p0", p0), ("args", args)):
+        for leaf in jax.tree.leaves(tree):
+            if np.ndim(leaf) == 0 or np.shape(leaf)[0] != batch:
+                raise ValueError(f"{name} must have a leading batch axis of size B = {batch} "
+                                 f"(the number of problems), got a leaf of shape "
+                                 f"{np.shape(leaf)}")
+    first = jax.tree.map(lambda a: a[0], (p0, x, y, sigma, args, mask))
+    validate(model, *first[:4], bounds, False, config, first[4], first[5])
+    _check_problems(p0, x, y, sigma, bounds, mask, check_finite)
+    return _batched(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config)
+
+
+def _check_problems(p0, x, y, sigma, bounds, mask, check_finite: bool) -> None:
+    """Per-problem value checks, vectorized; errors name the first bad problem."""
+    mask = np.asarray(mask)
+    batch = mask.shape[0]
+    theta0 = np.concatenate([np.asarray(leaf).reshape(batch, -1)
+                             for leaf in jax.tree.leaves(p0)], axis=1)
+    p = theta0.shape[1]
+
+    def first(bad: np.ndarray, message: str) -> None:
+        if np.any(bad):
+            raise ValueError(f"problem {int(np.argmax(bad))}: {message}")
+
+    first(mask.sum(axis=1) < p, f"too few data points: fewer than the p = {p} parameters")
+    if check_finite:
+        def data_bad(a) -> np.ndarray:
+            a = np.asarray(a).reshape(batch, mask.shape[1], -1)
+            return np.any(~np.isfinite(a) & mask[:, :, None], axis=(1, 2))
+
+        for name, tree in (("y", y), ("x", x), ("sigma", sigma)):
+            for leaf in jax.tree.leaves(tree):
+                first(data_bad(leaf), f"{name} contains NaN or Inf; clean the data or pass "
+                                      f"check_finite=False (the problem then fails alone)")
+        first(np.any(~np.isfinite(theta0), axis=1), "p0 contains NaN or Inf")
+    if sigma is not None:
+        first(np.any((np.asarray(sigma) <= 0) & mask, axis=1), "sigma must be strictly positive")
+    if bounds is not None:
+        lb, ub = (np.asarray(b) for b in flat_bounds(bounds, jax.tree.map(lambda a: a[0], p0),
+                                                      theta0.dtype))
+        first(np.any((theta0 < lb) | (theta0 > ub), axis=1), "p0 is outside the bounds")
+
+
+@functools.partial(jax.jit, static_argnames=("model", "absolute_sigma"))
+def _batched(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config) -> Result:
+    def one(p0, x, y, sigma, args, mask):
+        return _fit(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config)
+
+    return jax.vmap(one)(p0, x, y, sigma, args, mask)
+
+
+def pad_ragged(x, y, sigma=None):
+    """Stack B problems into (B, n_max) arrays and a (B, n_max) mask of real points.
+
+    Padding repeats each problem's last x (a point where the model is known to
+    be finite), with y = 0, sigma = 1 and mask False.
+    """
+    if not isinstance(y, Sequence) or isinstance(y, np.ndarray | jax.Array):
+        y = jnp.asarray(y)
+        if y.ndim != 2:
+            raise ValueError(f"y must be (B, n) or a sequence of 1-D arrays, got shape {y.shape}")
+        return x, y, sigma, jnp.ones(y.shape, bool)
+    if len(y) == 0:
+        raise ValueError("y is an empty sequence: there are no problems")
+    if not isinstance(x, Sequence) or len(x) != len(y):
+        raise ValueError("with ragged y (a sequence), x must be a sequence of the same length")
+    if sigma is not None and (not isinstance(sigma, Sequence) or len(sigma) != len(y)):
+        raise ValueError("with ragged y (a sequence), sigma must be None or a sequence of the "
+                         "same length")
+    sizes = [np.shape(yb) for yb in y]
+    for b, shape in enumerate(sizes):
+        if len(shape) != 1 or shape[0] == 0:
+            raise ValueError(f"problem {b}: y must be a non-empty 1-D array, got shape {shape}")
+    n_max = max(shape[0] for shape in sizes)
+
+    def pad(a, n, fill=None):
+        a = np.asarray(a)
+        if a.shape[0] != n:
+            raise ValueError(f"leading axis {a.shape[0]} does not match len(y) = {n}")
+        extra = np.repeat(a[-1:], n_max - n, axis=0) if fill is None else np.full(
+            (n_max - n, *a.shape[1:]), fill, a.dtype)
+        return np.concatenate([a, extra])
+
+    try:
+        xs = [jax.tree.map(lambda a, n=shape[0]: pad(a, n), xb)
+              for xb, shape in zip(x, sizes, strict=True)]
+    except ValueError as err:
+        raise ValueError(f"x and y disagree: {err}") from None
+    x_out = jax.tree.map(lambda *leaves: jnp.asarray(np.stack(leaves)), *xs)
+    y_out = jnp.asarray(np.stack([pad(yb, s[0], 0) for yb, s in zip(y, sizes, strict=True)]))
+    sigma_out = None if sigma is None else jnp.asarray(
+        np.stack([pad(sb, s[0], 1) for sb, s in zip(sigma, sizes, strict=True)]))
+    mask = jnp.asarray(np.arange(n_max)[None, :] < np.array([s[0] for s in sizes])[:, None])
+    return x_out, y_out, sigma_out, mask

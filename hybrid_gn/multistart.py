@@ -1,0 +1,136 @@
+"""Multi-start inside jit: a tournament of warmup rounds, then Gauss-Newton on the survivors.
+
+Candidates (Sobol', Halton, Latin hypercube or uniform points from a PRNG key,
+p0 always among them) each get a short L-BFGS warmup on a strided subset of
+the data; the best `keep` fraction survives to the next round, on a subset
+twice as large. Gauss-Newton then runs on every survivor over all the data,
+and the lowest final cost wins. Every size is static, so the whole
+tournament is one jitted function that also vmaps over problems.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+
+from . import accumulate, pipeline, sampling, warmup
+from .api import Model, _float_dtype, finish, validate
+from .config import Config, with_tolerances
+from .data import make_data
+from .problem import make_problem
+from .result import Result
+
+
+class Tournament(eqx.Module):
+    """Settings of the multi-start tournament (all static: they fix array shapes)."""
+
+    n_candidates: int = eqx.field(static=True, default=64)  # p0 included
+    rounds: int = eqx.field(static=True, default=2)  # warmup rounds, each ending in a cut
+    keep: float = eqx.field(static=True, default=0.25)  # fraction kept after each round
+    method: sampling.Method = eqx.field(static=True, default="sobol")
+    iterations: int = eqx.field(static=True, default=10)  # L-BFGS iterations per round
+    box_scale: float = eqx.field(static=True, default=1.0)  # box around p0 where unbounded
+    first_subset: int = eqx.field(static=True, default=256)  # points in round 1; doubles
+
+    def __check_init__(self):
+        if self.n_candidates < 1 or self.rounds < 0 or self.iterations < 1:
+            raise ValueError("n_candidates and iterations must be >= 1, rounds >= 0")
+        if not 0 < self.keep <= 1:
+            raise ValueError(f"keep must be in (0, 1], got {self.keep!r}")
+        if self.method not in sampling.METHODS:
+            raise ValueError(f"method must be one of {sampling.METHODS}, got {self.method!r}")
+        if self.first_subset < 1 or not self.box_scale > 0:
+            raise ValueError("first_subset must be >= 1 and box_scale > 0")
+
+    def survivors(self) -> list[int]:
+        """Candidates alive at the start of each round, then those given to Gauss-Newton."""
+        alive = [self.n_candidates]
+        for _ in range(self.rounds):
+            alive.append(max(1, math.ceil(alive[-1] * self.keep)))
+        return alive
+
+
+def fit_multistart(
+    model: Model,
+    p0: PyTree,
+    x: PyTree,
+    y,
+    *,
+    key: PRNGKeyArray,
+    sigma=None,
+    bounds=None,
+    args: PyTree = None,
+    mask=None,
+    absolute_sigma: bool = False,
+    check_finite: bool = True,
+    config: Config | None = None,
+    tournament: Tournament | None = None,
+) -> Result:
+    """Like `fit`, from the best of a tournament of starting points drawn with `key`.
+
+    Candidates fill the box of `sampling.candidate_box`: the bounds where both
+    are finite, else p0 +- box_scale * max(|p0|, 1). The `Result` is that of
+    the survivor with the lowest cost (its params differentiable like `fit`'s).
+    """
+    config = Config() if config is None else config
+    tournament = Tournament() if tournament is None else tournament
+    validate(model, p0, x, y, sigma, bounds, check_finite, config, args, mask)
+    return _jitted(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config,
+                   tournament, key)
+
+
+@eqx.filter_jit
+def _jitted(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config: Config,
+            tournament: Tournament, key) -> Result:
+    dtype = _float_dtype(p0, y)
+    config = with_tolerances(config, dtype)
+    eta = (x, y, sigma, args)
+    x, y, sigma, args, p0, bounds, mask, config, key = jax.lax.stop_gradient(
+        (x, y, sigma, args, p0, bounds, mask, config, key))
+    problem = make_problem(model, p0, bounds, config, dtype)
+    lower, upper = problem.lower, problem.upper
+    data = make_data(x, y, sigma, config.chunk_size, dtype, mask)
+    residual = problem.residual(args)
+
+    theta0 = problem.norm.to_params(problem.u0)
+    thetas = sampling.candidates(tournament.method, tournament.n_candidates, theta0,
+                                 problem.lb, problem.ub, key=key,
+                                 box_scale=tournament.box_scale)
+    u = jnp.clip(problem.norm.to_normalized(thetas), lower, upper)
+
+    alive = tournament.survivors()
+    warm = dataclasses.replace(config, warmup=True, warmup_max_iter=tournament.iterations)
+    for r in range(tournament.rounds):
+        size = min(data.n, tournament.first_subset * 2**r)
+        best_u, best_loss = jax.vmap(
+            lambda u0, size=size: _warmup(residual, u0, lower, upper, data.subsample(size), warm)
+        )(u)
+        score = jnp.where(jnp.isfinite(best_loss), best_loss, jnp.inf)
+        _, order = jax.lax.top_k(-score, alive[r + 1])
+        u = best_u[order]
+
+    gn_config = dataclasses.replace(config, warmup=False)
+    states = jax.vmap(lambda u0: pipeline.run(residual, u0, lower, upper, data, gn_config))(u)
+    cost = states.gauss_newton.model.cost
+    winner = jnp.argmin(jnp.where(jnp.isfinite(cost), cost, jnp.inf))
+    state = jax.tree.map(lambda a: a[winner], states)
+    return finish(problem, state, data, eta, mask, absolute_sigma, config)
+
+
+def _warmup(residual, u0, lower, upper, sample, config: Config
+            ) -> tuple[Float[Array, " p"], Float[Array, ""]]:
+    """One candidate's round: the guarded L-BFGS warmup on `sample`; its best point and loss."""
+    n_sample = jnp.sum(sample.weight > 0)
+
+    def loss(u):
+        return accumulate.cost(residual, jnp.clip(u, lower, upper), sample) / n_sample
+
+    state = warmup.init(u0, loss, pipeline.relative_loss(residual, u0, sample), config)
+    state = jax.lax.while_loop(lambda s: s.running,
+                               lambda s: warmup.update(s, loss, lower, upper, config), state)
+    return state.best_u, state.best_loss
