@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import time
@@ -31,7 +32,7 @@ from jaxtyping import PyTree
 from . import accumulate, gauss_newton, pipeline, sources, warmup
 from . import checkpoint as checkpoints
 from .api import Model, make_result, validate
-from .config import Config, with_tolerances
+from .config import Config, warmup_pays_off, with_tolerances
 from .data import Data
 from .gauss_newton import Proposal
 from .pipeline import PipelineState
@@ -112,7 +113,7 @@ def fit_stream(
     settings = _settings(config, chunk_size, warmup_chunks, absolute_sigma, check_finite)
 
     def sample() -> Chunk:
-        if not config.warmup:  # warmup.init still needs a loss; no reason to read more
+        if not warmup_pays_off(config, n):  # warmup.init still needs a loss; no more to read
             return sources.subsample(source, chunk_size, min(n, chunk_size), 1, None, dtype,
                                      False)
         return sources.subsample(source, chunk_size, n, warmup_chunks, config.warmup_max_points,
@@ -121,11 +122,11 @@ def fit_stream(
     warmup_data = None
     if resume is not None:
         saved = checkpoints.read(resume)
-        template = _start.eval_shape(fixed, _to_data(_head_chunk(head, dtype)))
+        template = _start.eval_shape(fixed, _to_data(_head_chunk(head, dtype)), n)
         state = checkpoints.restore(saved, template, fingerprint, settings, resume)
     else:
         warmup_data = _to_data(sample())
-        state = _start(fixed, warmup_data)
+        state = _start(fixed, warmup_data, n)
 
     with _Progress(progress, -(-n // chunk_size)) as bar:
         done = int(state.trace.length)
@@ -174,15 +175,38 @@ def fit_stream(
 # ------------------------------------------------------------------------------------------
 
 
-def _jit(f):
-    """`jax.jit` with the XLA CPU options the fused driver compiles with, when available
-    (its classic fusion emitters compile these small programs faster, see `api`)."""
+@functools.cache
+def _compiler_options() -> dict[str, bool] | None:
+    """XLA CPU's classic fusion emitters, where available: they compile these small
+    programs faster at the same speed (benchmarks/RESULTS.md)."""
     options = {"xla_cpu_use_fusion_emitters": False}
     try:
         jax.jit(jnp.negative).lower(1.0).compile(compiler_options=options)
     except Exception:  # an XLA without this option: keep its defaults
-        return jax.jit(f)
-    return jax.jit(f, compiler_options=options)
+        return None
+    return options
+
+
+class _jit:
+    """`jax.jit` with `_compiler_options()`, built at the first call (so that importing
+    the package neither compiles nor starts a backend)."""
+
+    def __init__(self, f, static_argnames: tuple[str, ...] = ()):
+        self.f, self.static_argnames = f, static_argnames
+        functools.update_wrapper(self, f)
+
+    @functools.cached_property
+    def jitted(self):
+        options = _compiler_options()
+        if options is None:
+            return jax.jit(self.f, static_argnames=self.static_argnames)
+        return jax.jit(self.f, static_argnames=self.static_argnames, compiler_options=options)
+
+    def __call__(self, *args, **kwargs):
+        return self.jitted(*args, **kwargs)
+
+    def eval_shape(self, *args, **kwargs):
+        return self.jitted.eval_shape(*args, **kwargs)
 
 
 def _strong(tree: PyTree) -> PyTree:
@@ -239,13 +263,13 @@ def _record(trace: Trace, phase, cost, grad_norm, radius) -> Trace:
                  trace.length + 1)
 
 
-@_jit
-def _start(fixed: _Fixed, sample: Data) -> PipelineState:
+@functools.partial(_jit, static_argnames=("n_points",))
+def _start(fixed: _Fixed, sample: Data, n_points: int) -> PipelineState:
     TRACE_COUNTS["start"] += 1
     problem, config = fixed.problem(), fixed.config
     u0 = problem.u0
     ws = warmup.init(u0, _warmup_loss(fixed, sample),
-                     pipeline.relative_loss(fixed.residual(), u0, sample), config)
+                     pipeline.relative_loss(fixed.residual(), u0, sample), config, n_points)
     nan = jnp.full(config.trace_length, jnp.nan, u0.dtype)
     return _strong(PipelineState(
         phase=jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32),
