@@ -615,8 +615,10 @@ def subsample(source: ChunkSource, size: int, n_points: int, n_select: int | Non
     """The warmup data: every k-th point of the selected chunks, at most `max_points`.
 
     With all chunks selected this is exactly the in-memory driver's strided
-    subsample (`Data.subsample`) of the whole data. Only the selected chunks
-    are read from random-access sources; other sources are read in one pass.
+    subsample (`Data.subsample`) of the whole data. `n_points` may be less
+    than the data's size: then only its first `n_points` points count. Only
+    the selected chunks are read from random-access sources; other sources
+    are read up to the last selected chunk.
     """
     chosen = chunk_selection(n_points, size, n_select)
     lengths = np.minimum(size, n_points - chosen * size)
@@ -635,11 +637,15 @@ def subsample(source: ChunkSource, size: int, n_points: int, n_select: int | Non
                 check_block(source, block, j, start, None, check_finite)
                 yield j, block, _weight(block, dtype)
         else:
-            for chunk in chunks(source, size, dtype, check_finite):
-                if chunk.index in offset:
-                    m = chunk.n_valid
-                    x = jax.tree.map(lambda a, m=m: a[:m], chunk.x)
-                    yield chunk.index, Block(x, chunk.y[:m], None), chunk.weight[:m]
+            last = int(chosen[-1])
+            with contextlib.closing(chunks(source, size, dtype, check_finite)) as pass_:
+                for chunk in pass_:
+                    if chunk.index in offset:
+                        m = min(chunk.n_valid, n_points - chunk.start)
+                        x = jax.tree.map(lambda a, m=m: a[:m], chunk.x)
+                        yield chunk.index, Block(x, chunk.y[:m], None), chunk.weight[:m]
+                    if chunk.index == last:
+                        break
 
     parts = []
     for j, block, weight in selected():

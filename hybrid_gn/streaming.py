@@ -113,9 +113,12 @@ def fit_stream(
     settings = _settings(config, chunk_size, warmup_chunks, absolute_sigma, check_finite)
 
     def sample() -> Chunk:
-        if not warmup_pays_off(config, n):  # warmup.init still needs a loss; no more to read
-            return sources.subsample(source, chunk_size, min(n, chunk_size), 1, None, dtype,
-                                     False)
+        if not warmup_pays_off(config, n):
+            # warmup.init still evaluates the start (the warmup mode in the Result): on
+            # the first points, all of them where the data is small, as `fit` does
+            first = min(n, config.warmup_max_points or chunk_size)
+            return sources.subsample(source, chunk_size, first, None, None, dtype,
+                                     check_finite)
         return sources.subsample(source, chunk_size, n, warmup_chunks, config.warmup_max_points,
                                  dtype, check_finite)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_streaming import P0, SIGMA, TIGHT, N, X, Y, peak
+from test_streaming import CONFIG, P0, SIGMA, N, X, Y, peak
 
 import hybrid_gn
 from hybrid_gn import CheckpointError, Config, Phase, fit_stream
@@ -50,7 +50,7 @@ def chunks(delay: float = 0.0, bad_from_pass: int | None = None, calls: list | N
 
 
 def run(source=None, **kwargs) -> hybrid_gn.Result:
-    kwargs.setdefault("config", TIGHT)
+    kwargs.setdefault("config", CONFIG)
     return fit_stream(peak, P0, chunks() if source is None else source, chunk_size=CHUNK,
                       progress=False, **kwargs)
 
@@ -180,22 +180,22 @@ def test_corrupt_checkpoint_is_refused(saved, tmp_path):
 
 def test_checkpoint_of_another_problem_is_refused(saved):
     with pytest.raises(CheckpointError, match="different problem.*start_and_bounds"):
-        fit_stream(peak, P0 * 1.01, chunks(), chunk_size=CHUNK, config=TIGHT, progress=False,
+        fit_stream(peak, P0 * 1.01, chunks(), chunk_size=CHUNK, config=CONFIG, progress=False,
                    resume=saved)
     y = Y.copy()
     y[0] += 1  # other data of the same size
     with pytest.raises(CheckpointError, match="different problem.*first_points"):
-        fit_stream(peak, P0, (X, y, SIGMA), chunk_size=CHUNK, config=TIGHT, progress=False,
+        fit_stream(peak, P0, (X, y, SIGMA), chunk_size=CHUNK, config=CONFIG, progress=False,
                    resume=saved)
     with pytest.raises(CheckpointError, match="different problem.*n_points"):
-        fit_stream(peak, P0, (X[:-1], Y[:-1], SIGMA[:-1]), chunk_size=CHUNK, config=TIGHT,
+        fit_stream(peak, P0, (X[:-1], Y[:-1], SIGMA[:-1]), chunk_size=CHUNK, config=CONFIG,
                    progress=False, resume=saved)
 
     def other_model(p, x):
         return peak(p, x)
 
     with pytest.raises(CheckpointError, match="different problem.*model.*other_model"):
-        fit_stream(other_model, P0, chunks(), chunk_size=CHUNK, config=TIGHT, progress=False,
+        fit_stream(other_model, P0, chunks(), chunk_size=CHUNK, config=CONFIG, progress=False,
                    resume=saved)
 
 
@@ -203,7 +203,7 @@ def test_checkpoint_of_another_configuration_is_refused(saved):
     with pytest.raises(CheckpointError, match="different configuration.*ftol"):
         run(resume=saved, config=Config(ftol=1e-12, xtol=1e-15, gtol=1e-15))
     with pytest.raises(CheckpointError, match="different configuration.*stream_chunk_size"):
-        fit_stream(peak, P0, chunks(), chunk_size=512, config=TIGHT, progress=False,
+        fit_stream(peak, P0, chunks(), chunk_size=512, config=CONFIG, progress=False,
                    resume=saved)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         run(resume=saved.parent / "nothing.ckpt")

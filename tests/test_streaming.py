@@ -1,19 +1,11 @@
 """The streaming driver (`fit_stream`) against the in-memory fused driver (`fit`).
 
-The reference is `hybrid_gn.fit` on the same arrays: the streamed fit must reach the same
-parameters, covariance and cost to 1e-10 relative, whatever the source (arrays, memmap,
-HDF5, generator) and chunk size. Both fits use tight tolerances, so that both converge to
-the minimizer itself: at the default tolerances each stops within its tolerance of it, and
-rounding (a different summation order) can move the stop by an iteration.
-
-Even then, steps are accepted on the computed cost, so the optimum is fixed only to the
-rounding of the cost: changing the chunk size of the in-memory fit itself moves the
-parameters by up to ~1e-10 relative on some problems. Where the chunking is the same, the
-two drivers sum in the same order and agree to ~1e-16 (`test_hdf5_two_dimensional_x`).
-
-The noise is small (sd 0.002 to 0.006) so that the optimum itself is fixed to ~1e-12 in
-float64; with sd 0.2 it is fixed only to ~1e-10 (see above), and two exact fits that take
-different paths to it (warmup or not) may differ by that much.
+The reference is `hybrid_gn.fit` on the same arrays with the same configuration (default
+tolerances; warmup forced on, on a 1000-point subsample): the streamed fit must reach the
+same parameters, covariance and cost to 1e-10 relative, whatever the source (arrays,
+memmap, HDF5, generator) and chunk size, including chunk sizes that do not divide n.
+Summation order differs between the drivers (and between chunk sizes); the last,
+rounding-level Gauss-Newton step is taken, so the answer does not depend on it.
 
 Compiling costs seconds, so the tests share one model, one data size and one configuration.
 """
@@ -35,7 +27,7 @@ from hybrid_gn import Config, fit_stream, sources, streaming
 N = 3000
 # a warmup sample of 1000 points: every 3rd point of all 3000, or all points of 2 chunks of
 # 500, so the warmup programs compile once for both
-TIGHT = Config(ftol=1e-15, xtol=1e-15, gtol=1e-15, warmup=True, warmup_max_points=1000)
+CONFIG = Config(warmup=True, warmup_max_points=1000)
 TRUTH = np.array([3.0, 5.0, 0.8, 0.5, 0.1])
 P0 = np.array([2.0, 4.6, 1.1, 0.2, 0.0])
 
@@ -54,7 +46,7 @@ def plane_peak(p, x, args):
 def _data(seed: int = 0):
     rng = np.random.default_rng(seed)
     x = np.sort(rng.uniform(0, 10, N))
-    sigma = rng.uniform(0.002, 0.006, N)
+    sigma = rng.uniform(0.1, 0.3, N)
     y = np.asarray(peak(TRUTH, x)) + sigma * rng.standard_normal(N)
     return x, y, sigma
 
@@ -64,7 +56,7 @@ X, Y, SIGMA = _data()
 
 @pytest.fixture(scope="module")
 def reference() -> hybrid_gn.Result:
-    return hybrid_gn.fit(peak, P0, X, Y, sigma=SIGMA, config=TIGHT)
+    return hybrid_gn.fit(peak, P0, X, Y, sigma=SIGMA, config=CONFIG)
 
 
 def assert_same_fit(result: hybrid_gn.Result, ref: hybrid_gn.Result, rtol: float) -> None:
@@ -80,7 +72,7 @@ def assert_same_fit(result: hybrid_gn.Result, ref: hybrid_gn.Result, rtol: float
 @pytest.mark.parametrize("chunk_size", [1000, 1024, 4096])
 def test_matches_in_memory_fit(reference, chunk_size):
     """1000 divides n, 1024 does not (a padded last chunk), 4096 > n (one padded chunk)."""
-    result = fit_stream(peak, P0, (X, Y, SIGMA), config=TIGHT, chunk_size=chunk_size,
+    result = fit_stream(peak, P0, (X, Y, SIGMA), config=CONFIG, chunk_size=chunk_size,
                         progress=False)
     assert_same_fit(result, reference, 1e-10)
     # the streamed warmup is the fused one (all chunks sampled): same iterations
@@ -94,13 +86,13 @@ def test_matches_in_memory_fit(reference, chunk_size):
 def test_one_compiled_fold_for_all_chunks_and_passes():
     """Every chunk, including the padded last one, and every pass reuse one program."""
     streaming.TRACE_COUNTS.clear()
-    result = fit_stream(peak, P0, (X, Y, SIGMA), config=TIGHT, chunk_size=777, progress=False)
+    result = fit_stream(peak, P0, (X, Y, SIGMA), config=CONFIG, chunk_size=777, progress=False)
     passes = int(result.gn_iterations) + 1
     assert passes >= 3 and -(-N // 777) == 4  # 4 chunks (the last padded) per pass
     assert streaming.TRACE_COUNTS["fold"] == 1
     # a second fit of other data with the same shapes compiles nothing new
     x, y, sigma = _data(seed=1)
-    fit_stream(peak, P0, (x, y, sigma), config=TIGHT, chunk_size=777, progress=False)
+    fit_stream(peak, P0, (x, y, sigma), config=CONFIG, chunk_size=777, progress=False)
     assert streaming.TRACE_COUNTS["fold"] == 1
     for name in ("start", "warmup_step", "propose", "conclude"):
         assert streaming.TRACE_COUNTS[name] <= 1, name
@@ -110,7 +102,7 @@ def test_switch_to_streamed_qr(reference):
     """factorization="auto" switches to the streamed QR once cond(J) > qr_condition (here
     at once): the host picks the QR accumulator from the state, one more compiled fold,
     and the same optimum."""
-    config = dataclasses.replace(TIGHT, qr_condition=1.0)  # a traced field: no recompile
+    config = dataclasses.replace(CONFIG, qr_condition=1.0)  # a traced field: no recompile
     streaming.TRACE_COUNTS.clear()
     result = fit_stream(peak, P0, (X, Y, SIGMA), config=config, chunk_size=1100,
                         progress=False)
@@ -122,19 +114,19 @@ def test_switch_to_streamed_qr(reference):
 
 def test_memmap_hdf5_and_generator_sources_agree(reference, tmp_path):
     """The three other sources give the array source's fit (same chunks: same rounding)."""
-    base = fit_stream(peak, P0, (X, Y, SIGMA), config=TIGHT, chunk_size=1024, progress=False)
+    base = fit_stream(peak, P0, (X, Y, SIGMA), config=CONFIG, chunk_size=1024, progress=False)
 
     mm = np.lib.format.open_memmap(tmp_path / "data.npy", mode="w+", shape=(3, N))
     mm[:] = np.stack([X, Y, SIGMA])
     mm.flush()
     mm = np.load(tmp_path / "data.npy", mmap_mode="r")
-    from_memmap = fit_stream(peak, P0, sources.ArraySource(mm[0], mm[1], mm[2]), config=TIGHT,
+    from_memmap = fit_stream(peak, P0, sources.ArraySource(mm[0], mm[1], mm[2]), config=CONFIG,
                              chunk_size=1024, progress=False)
 
     path = tmp_path / "data.h5"
     with h5py.File(path, "w") as f:
         f["x"], f["y"], f["sigma"] = X, Y, SIGMA
-    from_hdf5 = fit_stream(peak, P0, sources.HDF5Source(path, sigma="sigma"), config=TIGHT,
+    from_hdf5 = fit_stream(peak, P0, sources.HDF5Source(path, sigma="sigma"), config=CONFIG,
                            chunk_size=1024, progress=False)
 
     cuts = [0, 7, 700, 701, 1900, 2999, N]  # ragged chunks, re-cut by the driver
@@ -143,7 +135,7 @@ def test_memmap_hdf5_and_generator_sources_agree(reference, tmp_path):
         for a, b in zip(cuts[:-1], cuts[1:], strict=True):
             yield X[a:b], Y[a:b], SIGMA[a:b]
 
-    from_generator = fit_stream(peak, P0, chunks, config=TIGHT, chunk_size=1024,
+    from_generator = fit_stream(peak, P0, chunks, config=CONFIG, chunk_size=1024,
                                 progress=False)
     for result in (from_memmap, from_hdf5, from_generator):
         assert_same_fit(result, base, 1e-13)
@@ -155,29 +147,27 @@ def test_hdf5_two_dimensional_x_bounds_args_absolute_sigma(tmp_path):
     against `fit` on the same arrays with the same chunks.
 
     Same chunking, nearly the same order of summation (the last chunk is padded here,
-    shifted back there): equal to rounding. The bound binds just below the truth: a bound
-    far from it would leave a large misfit, whose cost rounding fixes the optimum only to
-    ~1e-9 (0.45 instead of 0.4999: 7e-10 between the two drivers).
+    shifted back there): equal to rounding.
     """
     rng = np.random.default_rng(2)
     args = {"shift": jnp.asarray(0.25)}
     x = np.stack([np.sort(rng.uniform(0, 10, N)), rng.uniform(-1, 1, N)], axis=1)
-    sigma = np.full(N, 0.005)
+    sigma = np.full(N, 0.2)
     y = np.asarray(plane_peak(TRUTH, x, args)) + sigma * rng.standard_normal(N)
-    bounds = (np.array([0.0, 0.0, 0.1, -1.0, 0.0]), np.array([10.0, 10.0, 5.0, 0.4999, 1.0]))
+    bounds = (np.array([0.0, 0.0, 0.1, -1.0, 0.0]), np.array([10.0, 10.0, 5.0, 0.45, 1.0]))
     path = tmp_path / "plane.h5"
     with h5py.File(path, "w") as f:
         f.create_dataset("inputs/x", data=x)
         f.create_dataset("inputs/y", data=y)
         f.create_dataset("sd", data=sigma)
     ref = hybrid_gn.fit(plane_peak, P0, x, y, sigma=sigma, bounds=bounds, args=args,
-                        absolute_sigma=True, config=dataclasses.replace(TIGHT, chunk_size=1024))
+                        absolute_sigma=True, config=dataclasses.replace(CONFIG, chunk_size=1024))
     source = sources.HDF5Source(path, x="inputs/x", y="inputs/y", sigma="sd")
     result = fit_stream(plane_peak, P0, source, bounds=bounds, args=args, absolute_sigma=True,
-                        config=TIGHT, chunk_size=1024, progress=False)
-    assert float(ref.params[3]) == pytest.approx(0.4999, rel=1e-15)  # the bound binds
+                        config=CONFIG, chunk_size=1024, progress=False)
+    assert float(ref.params[3]) == pytest.approx(0.45, rel=1e-15)  # the bound binds
     assert_same_fit(result, ref, 1e-11)
-    np.testing.assert_allclose(result.params, TRUTH, rtol=1e-2)  # sanity: a real fit
+    np.testing.assert_allclose(result.params, TRUTH, rtol=0.15)  # sanity: a real fit
 
 
 class CountingSource(sources.ArraySource):
@@ -196,7 +186,7 @@ def test_warmup_reads_only_the_sampled_chunks(reference):
     """warmup_chunks=2 of 6: the warmup reads 2 chunks, not the file, and GN still converges
     to the in-memory optimum."""
     source = CountingSource(X, Y, SIGMA)
-    result = fit_stream(peak, P0, source, config=TIGHT, chunk_size=500, warmup_chunks=2,
+    result = fit_stream(peak, P0, source, config=CONFIG, chunk_size=500, warmup_chunks=2,
                         progress=False)
     passes = int(result.gn_iterations) + 1
     # the head (one chunk) + 2 warmup chunks + the passes (each also reads 1 point for the
@@ -302,7 +292,7 @@ def test_nonpositive_sigma_and_changing_source():
         yield X[:stop], Y[:stop]
 
     with pytest.raises(ValueError, match="source changed between passes"):
-        fit_stream(peak, P0, shrinking, config=TIGHT, chunk_size=1024, progress=False)
+        fit_stream(peak, P0, shrinking, config=CONFIG, chunk_size=1024, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,10 +301,10 @@ def test_nonpositive_sigma_and_changing_source():
 
 
 def test_progress_bar(capsys):
-    fit_stream(peak, P0, (X, Y, SIGMA), config=TIGHT, chunk_size=1024, progress=True)
+    fit_stream(peak, P0, (X, Y, SIGMA), config=CONFIG, chunk_size=1024, progress=True)
     err = capsys.readouterr().err
     assert "hybrid_gn iterations" in err and "gauss-newton" in err
-    fit_stream(peak, P0, (X, Y, SIGMA), config=TIGHT, chunk_size=1024, progress=False)
+    fit_stream(peak, P0, (X, Y, SIGMA), config=CONFIG, chunk_size=1024, progress=False)
     assert capsys.readouterr().err == ""
 
 
