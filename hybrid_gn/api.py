@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,17 +59,38 @@ def fit(
 
 
 def _fit(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config: Config) -> Result:
+    setup = prepare(model, p0, x, y, sigma, bounds, args, mask, config)
+    state = pipeline.run(setup.residual, setup.problem.u0, setup.problem.lower,
+                         setup.problem.upper, setup.data, setup.config)
+    return finish(setup.problem, state, setup.data, (x, y, sigma, args), mask, absolute_sigma,
+                  setup.config)
+
+
+class Setup(NamedTuple):
+    """One problem ready for the pipeline: normalized, its data wrapped, its residual."""
+
+    problem: Problem
+    data: Data
+    residual: accumulate.ResidualFn
+    config: Config
+
+    @property
+    def phases(self) -> pipeline.Phases:
+        problem = self.problem
+        return pipeline.phases(self.residual, problem.lower, problem.upper, self.data,
+                               self.config)
+
+
+def prepare(model, p0, x, y, sigma, bounds, args, mask, config: Config) -> Setup:
+    """Phase 0 and the data of one problem. The loop runs on constants (stop_gradient);
+    derivatives come from `implicit.solution` in `finish`."""
     dtype = _float_dtype(p0, y)
     config = with_tolerances(config, dtype)
-    # the loop runs on constants; derivatives come from implicit.solution below
-    eta = (x, y, sigma, args)
     x, y, sigma, args, p0, bounds, mask, config = jax.lax.stop_gradient(
         (x, y, sigma, args, p0, bounds, mask, config))
     problem = make_problem(model, p0, bounds, config, dtype)
-    lower, upper = problem.lower, problem.upper
     data = make_data(x, y, sigma, config.chunk_size, dtype, mask)
-    state = pipeline.run(problem.residual(args), problem.u0, lower, upper, data, config)
-    return finish(problem, state, data, eta, mask, absolute_sigma, config)
+    return Setup(problem, data, problem.residual(args), config)
 
 
 _jitted_fit = jax.jit(_fit, static_argnames=("model",))

@@ -10,17 +10,21 @@ change no sum: the answer equals that of the unpadded problem.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import PyTree
+from jaxtyping import Array, PyTree
 
-from .api import Model, _fit, validate
+from . import pipeline
+from .api import Model, finish, prepare, validate
 from .config import Config
 from .problem import flat_bounds
 from .result import Result
+
+T = TypeVar("T")
 
 
 def fit_batch(
@@ -94,10 +98,62 @@ def _check_problems(p0, x, y, sigma, bounds, mask, check_finite: bool) -> None:
 
 @functools.partial(jax.jit, static_argnames=("model", "absolute_sigma"))
 def _batched(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config) -> Result:
-    def one(p0, x, y, sigma, args, mask):
-        return _fit(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config)
+    inputs = (p0, x, y, sigma, args, mask)
 
-    return jax.vmap(one)(p0, x, y, sigma, args, mask)
+    def setup(inputs):
+        p0, x, y, sigma, args, mask = inputs
+        return prepare(model, p0, x, y, sigma, bounds, args, mask, config)
+
+    def start(inputs):
+        s = setup(inputs)
+        return s.phases.start(s.problem.u0)
+
+    def warmup_step(inputs, state):
+        return setup(inputs).phases.warmup_step(state)
+
+    def gauss_newton_step(inputs, state):
+        return setup(inputs).phases.gauss_newton_step(state)
+
+    def result(inputs, state):
+        p0, x, y, sigma, args, mask = inputs
+        s = setup(inputs)
+        return finish(s.problem, state, s.data, (x, y, sigma, args), mask, absolute_sigma,
+                      s.config)
+
+    states = jax.vmap(start)(inputs)
+    if setup(jax.tree.map(lambda a: a[0], inputs)).phases.warmup_runs:
+        states = compacted_loop(pipeline.warming_up, warmup_step, states, inputs)
+    states = compacted_loop(pipeline.running, gauss_newton_step, states, inputs)
+    return jax.vmap(result)(inputs, states)
+
+
+def compacted_loop(active: Callable[[T], Array], step: Callable[[PyTree, T], T], states: T,
+                   inputs: PyTree, shrink: int = 8, smallest: int = 16) -> T:
+    """`while active: state = step(inputs, state)` for every problem of a batch, in two stages.
+
+    Stage 1 steps the whole batch until at most B / shrink problems are still
+    active; stage 2 gathers those into a sub-batch of B / shrink and steps it
+    until none is. So the many problems that finish early stop costing full
+    iterations while a few slow ones run on (two stages, not more: each has
+    its own compiled copy of `step`). A problem that is not active is left as
+    it is (`where`), so each problem's states are those of its solo loop.
+    """
+    batch = jax.tree.leaves(states)[0].shape[0]
+    sizes = [batch] if batch // shrink < smallest else [batch, batch // shrink]
+
+    def masked_step(inputs, state):
+        new = step(inputs, state)
+        return jax.tree.map(lambda a, b: jnp.where(active(state), a, b), new, state)
+
+    for k, size in enumerate(sizes):
+        target = sizes[k + 1] if k + 1 < len(sizes) else 0
+        order = jnp.argsort(~jax.vmap(active)(states), stable=True)[:size]
+        sub, sub_inputs = jax.tree.map(lambda a, order=order: a[order], (states, inputs))
+        sub = jax.lax.while_loop(
+            lambda s, target=target: jnp.sum(jax.vmap(active)(s)) > target,
+            lambda s, sub_inputs=sub_inputs: jax.vmap(masked_step)(sub_inputs, s), sub)
+        states = jax.tree.map(lambda a, b, order=order: a.at[order].set(b), states, sub)
+    return states
 
 
 def pad_ragged(x, y, sigma=None):

@@ -38,58 +38,63 @@ def svd(a: Float[Array, "m p"]) -> tuple[Float[Array, "m p"], Float[Array, " p"]
     return _jacobi_svd(a)
 
 
+def _round_robin(p: int) -> list[tuple[list[int], list[int]]]:
+    """p - 1 rounds of p/2 disjoint column pairs covering every pair once (p even)."""
+    players = list(range(p))
+    rounds = []
+    for _ in range(p - 1):
+        half = p // 2
+        rounds.append((players[:half], players[half:][::-1]))
+        players = [players[0], players[-1], *players[1:-1]]
+    return rounds
+
+
 def _jacobi_svd(a):
-    # Every entry is its own scalar array (under vmap: one vector over the
-    # batch), so each rotation is plain elementwise arithmetic that XLA fuses;
-    # no reductions along a short minor axis.
+    # One-sided Jacobi in round-robin order: each round rotates p/2 disjoint
+    # column pairs at once with a few array operations, so the program stays
+    # small (fast to compile) and vectorizes under vmap.
     m, p = a.shape
+    even = p + p % 2
     eps = jnp.finfo(a.dtype).eps
-    pairs = [(i, j) for i in range(p) for j in range(i + 1, p)]
+    a = jnp.pad(a, ((0, 0), (0, even - p)))  # a zero column never rotates
+    rounds = _round_robin(even)
 
-    def dot(x, y):
-        total = x[0] * y[0]
-        for xk, yk in zip(x[1:], y[1:], strict=True):
-            total = total + xk * yk
-        return total
-
-    def rotate(cols, vcols, i, j):
-        ai, aj = cols[i], cols[j]
-        alpha, beta, gamma = dot(ai, ai), dot(aj, aj), dot(ai, aj)
+    def rotate(a, v, left, right):
+        inverse = [0] * even
+        for k, column in enumerate(left + right):
+            inverse[column] = k
+        ai, aj = a[:, left], a[:, right]
+        alpha, beta = jnp.sum(ai * ai, axis=0), jnp.sum(aj * aj, axis=0)
+        gamma = jnp.sum(ai * aj, axis=0)
         active = jnp.abs(gamma) > eps * jnp.sqrt(alpha * beta)
         zeta = (beta - alpha) / (2 * jnp.where(active, gamma, 1))
         t = jnp.where(zeta >= 0, 1, -1) / (jnp.abs(zeta) + jnp.sqrt(1 + zeta * zeta))
         t = jnp.where(active & jnp.isfinite(t), t, 0)
         c = 1 / jnp.sqrt(1 + t * t)
         s = c * t
-        cols[i] = [c * x - s * y for x, y in zip(ai, aj, strict=True)]
-        cols[j] = [s * x + c * y for x, y in zip(ai, aj, strict=True)]
-        vi, vj = vcols[i], vcols[j]
-        vcols[i] = [c * x - s * y for x, y in zip(vi, vj, strict=True)]
-        vcols[j] = [s * x + c * y for x, y in zip(vi, vj, strict=True)]
-        return active
+        vi, vj = v[:, left], v[:, right]
+        a = jnp.concatenate([c * ai - s * aj, s * ai + c * aj], axis=1)[:, inverse]
+        v = jnp.concatenate([c * vi - s * vj, s * vi + c * vj], axis=1)[:, inverse]
+        return a, v, jnp.any(active)
 
     def sweep(carry):
-        cols, vcols, _, count = carry
-        cols, vcols = [list(c) for c in cols], [list(c) for c in vcols]
+        a, v, _, count = carry
         rotated = jnp.asarray(False)
-        for i, j in pairs:
-            rotated = rotated | rotate(cols, vcols, i, j)
-        return cols, vcols, rotated, count + 1
+        for left, right in rounds:
+            a, v, any_active = rotate(a, v, left, right)
+            rotated = rotated | any_active
+        return a, v, rotated, count + 1
 
     def more(carry):
         return carry[2] & (carry[3] < _JACOBI_MAX_SWEEPS)
 
-    eye = jnp.eye(p, dtype=a.dtype)
-    start = ([[a[k, i] for k in range(m)] for i in range(p)],
-             [[eye[k, i] for k in range(p)] for i in range(p)],
-             jnp.asarray(p > 1), jnp.asarray(0))
-    cols, vcols, _, _ = jax.lax.while_loop(more, sweep, start)
-    a_rot = jnp.stack([jnp.stack(c) for c in cols], axis=1)
-    v = jnp.stack([jnp.stack(c) for c in vcols], axis=1)
-    sv = jnp.sqrt(jnp.stack([dot(c, c) for c in cols]))
+    start = (a, jnp.eye(even, dtype=a.dtype), jnp.asarray(p > 1), jnp.asarray(0))
+    a, v, _, _ = jax.lax.while_loop(more, sweep, start)
+    a, v = a[:, :p], v[:p, :p]
+    sv = jnp.sqrt(jnp.sum(a * a, axis=0))
     order = jnp.argsort(-sv, stable=True)
-    sv, a_rot, v = sv[order], a_rot[:, order], v[:, order]
-    u = a_rot / jnp.where(sv > 0, sv, 1)[None, :]
+    sv, a, v = sv[order], a[:, order], v[:, order]
+    u = a / jnp.where(sv > 0, sv, 1)[None, :]
     return u, sv, v.T
 
 

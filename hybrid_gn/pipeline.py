@@ -13,6 +13,8 @@ own loop.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -59,8 +61,17 @@ def report(phase, iteration, cost, grad_norm, radius) -> None:
           f"|grad| {show(grad_norm)} radius {show(radius)}", file=sys.stderr, flush=True)
 
 
-def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> PipelineState:
-    """Run both phases from normalized start `u0` inside the box [lower, upper]."""
+class Phases(NamedTuple):
+    """The pipeline's pure pieces for one problem: its start and one step of each phase."""
+
+    start: Callable[[Float[Array, " p"]], PipelineState]
+    warmup_step: Callable[[PipelineState], PipelineState]
+    gauss_newton_step: Callable[[PipelineState], PipelineState]
+    warmup_runs: bool  # static: whether the warmup loop exists at all
+
+
+def phases(residual: ResidualFn, lower, upper, data: Data, config: Config) -> Phases:
+    """Build the start and step functions for one problem inside the box [lower, upper]."""
     sample = data.subsample(config.warmup_max_points)
     n_sample = jnp.sum(sample.weight > 0)
 
@@ -71,14 +82,16 @@ def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> P
         return accumulate.linearize(residual, u, data, config.jacobian, config.factorization,
                                     use_qr)
 
-    ws = warmup.init(u0, loss, relative_loss(residual, u0, sample), config, data.n)
     length = config.trace_length
-    nan = jnp.full(length, jnp.nan, u0.dtype)
-    state = PipelineState(
-        phase=jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32),
-        warmup=ws,
-        gauss_newton=gauss_newton.init(ws.best_u, config),
-        trace=Trace(nan, nan, nan, jnp.zeros(length, jnp.int32), jnp.asarray(0)))
+
+    def start(u0) -> PipelineState:
+        ws = warmup.init(u0, loss, relative_loss(residual, u0, sample), config, data.n)
+        nan = jnp.full(length, jnp.nan, u0.dtype)
+        return PipelineState(
+            phase=jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32),
+            warmup=ws,
+            gauss_newton=gauss_newton.init(ws.best_u, config),
+            trace=Trace(nan, nan, nan, jnp.zeros(length, jnp.int32), jnp.asarray(0)))
 
     def record(trace: Trace, phase, cost, grad_norm, radius) -> Trace:
         k = jnp.minimum(trace.length, length - 1)
@@ -107,6 +120,21 @@ def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> P
                                grad_norm, gs.radius)
         return PipelineState(phase, s.warmup, gs, trace)
 
-    if warmup_pays_off(config, data.n):
-        state = jax.lax.while_loop(lambda s: s.phase == Phase.WARMUP, warmup_step, state)
-    return jax.lax.while_loop(lambda s: s.phase != _DONE, gauss_newton_step, state)
+    return Phases(start, warmup_step, gauss_newton_step, warmup_pays_off(config, data.n))
+
+
+def warming_up(state: PipelineState):
+    return state.phase == Phase.WARMUP
+
+
+def running(state: PipelineState):
+    return state.phase != _DONE
+
+
+def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> PipelineState:
+    """Run both phases from normalized start `u0` inside the box [lower, upper]."""
+    steps = phases(residual, lower, upper, data, config)
+    state = steps.start(u0)
+    if steps.warmup_runs:
+        state = jax.lax.while_loop(warming_up, steps.warmup_step, state)
+    return jax.lax.while_loop(running, steps.gauss_newton_step, state)
