@@ -573,3 +573,23 @@ def test_grad_clip_norm_shrinks_first_update(config):
     if config.warmup_linesearch == "backtracking":
         # no line-search growth: the step is the clipped gradient itself (step size <= 1)
         assert clipped <= 1e-3 * (1 + 1e-12)
+
+
+def test_auto_warmup_runs_only_where_it_works_on_a_subsample():
+    """warmup='auto' (the default) skips the warmup when the data is no larger than the
+    warmup subsample (an L-BFGS iteration would cost a full pass, like a Gauss-Newton one),
+    and runs it otherwise; both reach the same optimum as warmup=True."""
+    small = hybrid_gn.fit(decay, jnp.asarray(START_EXPLORE, float), X, Y)
+    assert WarmupReason(int(small.warmup_reason)) == WarmupReason.SMALL_DATA
+    assert int(small.warmup_iterations) == 0
+    assert np.all(np.asarray(small.trace.phase)[: int(small.trace.length)] == Phase.GAUSS_NEWTON)
+    subsampled = hybrid_gn.fit(decay, jnp.asarray(START_EXPLORE, float), X, Y,
+                               config=hybrid_gn.Config(warmup_max_points=N // 2))
+    assert int(subsampled.warmup_iterations) > 0
+    forced = run_fit(START_EXPLORE, Config())
+    assert int(forced.warmup_iterations) > 0
+    for result in (small, subsampled):
+        assert bool(result.success)
+        np.testing.assert_allclose(result.params, forced.params, rtol=1e-7)
+    with pytest.raises(ValueError, match="warmup must be True, False or 'auto'"):
+        hybrid_gn.Config(warmup="yes")
