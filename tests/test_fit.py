@@ -708,11 +708,12 @@ def product_fit_and_scipy_at_same_point():
     popt, pcov = hybrid_gn.curve_fit(product_model, PRODUCT_X, PRODUCT_Y, p0=PRODUCT_P0)
     # scipy 'trf' (whose pcov is the SVD pseudo-inverse; 'lm' inverts MINPACK's R and gives
     # ~1e27 here) started at our optimum stays there, so both pcovs are at the same point
+    # with its default gtol, trf stops at once at our optimum (its scaled gradient is below
+    # gtol there), so both pcovs are evaluated at the very same point; with tight tolerances
+    # it would wander along the unidentified direction (a, b) -> (a t, b / t) on rounding noise
     ref_popt, ref_pcov = scipy.optimize.curve_fit(product_np, PRODUCT_X, PRODUCT_Y, p0=popt,
-                                                  jac=product_jac_np, method="trf", **TIGHT)
-    # scipy's tight trf still takes rounding-level steps (a few 1e-10 relative in k, where the
-    # cost changes by less than eps * cost): the same point, far closer than pcov's tolerance
-    np.testing.assert_allclose(ref_popt, popt, rtol=1e-9)
+                                                  jac=product_jac_np, method="trf")
+    np.testing.assert_allclose(ref_popt, popt, rtol=1e-12)
     return popt, pcov, ref_popt, ref_pcov
 
 
