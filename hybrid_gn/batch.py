@@ -1,10 +1,11 @@
 """`fit_batch`: many independent problems in one call, ragged sizes padded with weight 0.
 
-The same `_fit` as `fit`, vmapped: every problem runs its own pipeline and
-keeps its own status, and a problem that has stopped is frozen while the loop
-runs on for the others, so its answer equals its solo fit. Problems with
-fewer points are padded to the longest with masked (weight-0) points, which
-change no sum: the answer equals that of the unpadded problem.
+The same pipeline pieces as `fit` (`prepare`, `pipeline.phases`, `finish`),
+vmapped, with the loops driven here: every problem keeps its own state and
+status, a problem that has stopped is frozen while the others run on, so its
+answer equals its solo fit, and once most have stopped only the rest are
+stepped (`compacted_loop`). Problems with fewer points are padded to the
+longest with masked (weight-0) points, which add nothing to any sum.
 """
 
 from __future__ import annotations
