@@ -6,8 +6,10 @@ pass over the data, and accepts it when the actual/predicted reduction ratio
 is good enough. An accepted trial's normal equations are those of the next
 iteration, so an iteration costs one pass. The first update only evaluates
 the start. Stopping tests follow scipy/MINPACK: ftol on the relative cost
-reduction, xtol on the relative step, gtol on the largest cosine between a
-(projected) gradient component and the residual. The region is a ball in
+reduction (or on a full Gauss-Newton step whose predicted and actual changes
+are both at rounding level: it is taken, and ends the fit), xtol on the
+relative step, gtol on the largest cosine between a (projected) gradient
+component and the residual. The region is a ball in
 normalized coordinates: phase 0 already puts the parameters on a common
 scale, which (unlike Jacobian-column scaling) does not drift with the
 iterate.
