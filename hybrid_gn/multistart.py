@@ -19,10 +19,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from . import accumulate, pipeline, sampling, warmup
-from .api import Model, _float_dtype, finish, validate
-from .config import Config, with_tolerances
-from .data import make_data
-from .problem import make_problem
+from .api import Model, finish, prepare, validate
+from .config import Config
 from .result import Result
 
 
@@ -87,15 +85,9 @@ def fit_multistart(
 @eqx.filter_jit
 def _jitted(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config: Config,
             tournament: Tournament, key) -> Result:
-    dtype = _float_dtype(p0, y)
-    config = with_tolerances(config, dtype)
-    eta = (x, y, sigma, args)
-    x, y, sigma, args, p0, bounds, mask, config, key = jax.lax.stop_gradient(
-        (x, y, sigma, args, p0, bounds, mask, config, key))
-    problem = make_problem(model, p0, bounds, config, dtype)
+    problem, data, residual, config = prepare(model, p0, x, y, sigma, bounds, args, mask,
+                                              config)
     lower, upper = problem.lower, problem.upper
-    data = make_data(x, y, sigma, config.chunk_size, dtype, mask)
-    residual = problem.residual(args)
 
     theta0 = problem.norm.to_params(problem.u0)
     thetas = sampling.candidates(tournament.method, tournament.n_candidates, theta0,
@@ -119,7 +111,7 @@ def _jitted(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config: 
     cost = states.gauss_newton.model.cost
     winner = jnp.argmin(jnp.where(jnp.isfinite(cost), cost, jnp.inf))
     state = jax.tree.map(lambda a: a[winner], states)
-    return finish(problem, state, data, eta, mask, absolute_sigma, config)
+    return finish(problem, state, data, (x, y, sigma, args), mask, absolute_sigma, config)
 
 
 def _warmup(residual, u0, lower, upper, sample, config: Config
