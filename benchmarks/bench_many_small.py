@@ -1,6 +1,7 @@
 """Many small fits: B problems of a 4-parameter Gaussian + offset, 64 points each.
 
     python benchmarks/bench_many_small.py [--sizes 1e3,1e4] [--repeats 3] [--methods ...]
+                                          [--dtype float64|float32]
 
 Truth per problem: amplitude U(1, 3), centre U(-1, 1), width U(0.5, 1.5),
 offset U(-0.5, 0.5); noise sd 0.05; start: truth perturbed by 20% of the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -43,7 +45,7 @@ def _gauss_np(x, a, mu, s, c):
     return a * np.exp(-0.5 * ((x - mu) / s) ** 2) + c
 
 
-def _runner(method: str, x, y, start):
+def _runner(method: str, x, y, start, dtype: str = "float64"):
     if method == "scipy loop":
         from scipy.optimize import curve_fit
 
@@ -61,8 +63,11 @@ def _runner(method: str, x, y, start):
     import jax
     import jax.numpy as jnp
 
-    jax.config.update("jax_enable_x64", True)
-    xj, yj, sj = jnp.asarray(x), jnp.asarray(y), jnp.asarray(start)
+    # float32 runs with x64 off, as a float32 user would (optimistix mixes in float64
+    # scalars otherwise); hybrid_gn leaves x64 alone when JAX_ENABLE_X64 is set
+    os.environ["JAX_ENABLE_X64"] = "1" if dtype == "float64" else "0"
+    jax.config.update("jax_enable_x64", dtype == "float64")
+    xj, yj, sj = (jnp.asarray(a, dtype) for a in (x, y, start))
 
     def model(p, x):
         a, mu, s, c = p
@@ -108,9 +113,9 @@ def _runner(method: str, x, y, start):
     return run
 
 
-def child(method: str, b: int, repeats: int) -> dict:
+def child(method: str, b: int, repeats: int, dtype: str) -> dict:
     x, y, truth, start = problems(b)
-    run = _runner(method, x, y, start)
+    run = _runner(method, x, y, start, dtype)
     t0 = time.perf_counter()
     params = run()
     first = time.perf_counter() - t0
@@ -122,7 +127,10 @@ def child(method: str, b: int, repeats: int) -> dict:
     fitted = len(params)
     ok = np.all(np.abs(params - truth[:fitted]) < 0.1, axis=1)
     w = float(np.median(warm))
-    return {"method": method, "B": b, "fits_per_s": fitted / w, "warm": w * b / fitted,
+    import jax
+
+    print(f"# {method}: jax {jax.__version__} on {jax.devices()[0].device_kind}", file=sys.stderr)
+    return {"method": method, "B": b, "dtype": dtype, "fits_per_s": fitted / w, "warm": w * b / fitted,
             "compile": max(first - w, 0.0), "success": float(np.mean(ok))}
 
 
@@ -131,18 +139,19 @@ def main() -> None:
     parser.add_argument("--sizes", default="1e3,1e4")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     parser.add_argument("--timeout", type=float, default=600, help="seconds per run")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--b", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.b, args.repeats)))
+        print(json.dumps(child(args.child, args.b, args.repeats, args.dtype)))
         return
     rows = []
     for b in (int(float(s)) for s in args.sizes.split(",")):
         for method in args.methods.split(","):
             cmd = [sys.executable, __file__, "--child", method, "--b", str(b),
-                   "--repeats", str(args.repeats)]
+                   "--repeats", str(args.repeats), "--dtype", args.dtype]
             try:
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True,
                                      timeout=args.timeout)
@@ -150,6 +159,7 @@ def main() -> None:
                 print(f"  {method:20s} B={b:.0e} timed out after {args.timeout} s", flush=True)
                 continue
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(out.stderr.strip().splitlines()[-1], flush=True)
             r = rows[-1]
             print(f"  {method:20s} B={b:.0e} {r['fits_per_s']:10.0f} fits/s  compile "
                   f"{r['compile']:.1f} s  success {r['success']:.3f}", flush=True)

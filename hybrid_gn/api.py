@@ -88,8 +88,9 @@ def prepare(model, p0, x, y, sigma, bounds, args, mask, config: Config) -> Setup
     config = with_tolerances(config, dtype)
     x, y, sigma, args, p0, bounds, mask, config = jax.lax.stop_gradient(
         (x, y, sigma, args, p0, bounds, mask, config))
-    problem = make_problem(model, p0, bounds, config, dtype)
     data = make_data(x, y, sigma, config.chunk_size, dtype, mask)
+    problem = make_problem(model, p0, bounds, config, dtype,
+                           data.subsample(config.warmup_max_points), args)
     return Setup(problem, data, problem.residual(args), config)
 
 

@@ -10,6 +10,8 @@ rather than being a Gauss-Newton step scaled down.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
@@ -18,6 +20,9 @@ from .control import run_if
 
 _NEWTON_ITERATIONS = 40
 JACOBI_MAX_P = 8  # up to this many columns, SVDs are one-sided Jacobi in plain jnp ops
+# up to this size, eigendecompositions are unrolled scalar Jacobi rotations: fastest under
+# vmap, but the program grows as p^3 (compile time); larger: the one-sided Jacobi SVD
+UNROLLED_MAX_P = 4
 _JACOBI_MAX_SWEEPS = 16
 
 
@@ -36,6 +41,74 @@ def svd(a: Float[Array, "m p"]) -> tuple[Float[Array, "m p"], Float[Array, " p"]
         u, sv, vt = jnp.linalg.svd(a, full_matrices=False)
         return u, sv, vt
     return _jacobi_svd(a)
+
+
+def symmetric_eigen(a: Float[Array, "p p"]) -> tuple[Float[Array, " p"], Float[Array, "p p"]]:
+    """Eigenvalues and eigenvectors (as rows) of a symmetric `a`, in no particular order.
+
+    For p <= UNROLLED_MAX_P cyclic Jacobi in scalar jnp operations (see
+    `_jacobi_eigen`), accurate to the conditioning of `a` scaled to a unit
+    diagonal when `a` is positive definite (measured on 1e4 fits of 4
+    parameters: 1.7x the fits per second of the SVD route); larger p: `svd`
+    (the SVD of a symmetric positive semi-definite matrix is its
+    eigendecomposition).
+    """
+    if a.shape[0] > UNROLLED_MAX_P:
+        _, eigval, eigvec_t = svd(a)
+        return eigval, eigvec_t
+    return _jacobi_eigen(a)
+
+
+def _jacobi_eigen(a):
+    # Cyclic two-sided Jacobi on the symmetric a, accumulating the rotations
+    # into v (whose columns end as the eigenvectors). The matrices are held
+    # as tuples of scalars: under vmap each entry is a contiguous (B,) array,
+    # so the rotations are plain vector arithmetic with no gathers or
+    # transposes. A rotation is skipped (exactly: c = 1, s = 0) once
+    # |a_ij| <= eps sqrt(a_ii a_jj), the relative criterion under which Jacobi
+    # is accurate for positive definite matrices (Demmel & Veselic 1992).
+    p = a.shape[0]
+    eps = jnp.finfo(a.dtype).eps
+    pairs = [(i, j) for i in range(p - 1) for j in range(i + 1, p)]
+
+    def unconverged(am):
+        return functools.reduce(jnp.logical_or, [
+            jnp.abs(am[i][j]) > eps * jnp.sqrt(jnp.abs(am[i][i] * am[j][j])) for i, j in pairs],
+            jnp.asarray(False))
+
+    def sweep(carry):
+        am, vm, _, count = carry
+        am, vm = [list(row) for row in am], [list(row) for row in vm]
+        for i, j in pairs:
+            aii, ajj, aij = am[i][i], am[j][j], am[i][j]
+            active = jnp.abs(aij) > eps * jnp.sqrt(jnp.abs(aii * ajj))
+            theta = (ajj - aii) / (2 * jnp.where(active, aij, 1))
+            t = jnp.where(theta >= 0, 1, -1) / (jnp.abs(theta) + jnp.sqrt(1 + theta * theta))
+            t = jnp.where(active & jnp.isfinite(t), t, 0)
+            c = 1 / jnp.sqrt(1 + t * t)
+            s = c * t
+            am[i][i], am[j][j] = aii - t * aij, ajj + t * aij
+            am[i][j] = am[j][i] = jnp.where(active, 0, aij)
+            for k in range(p):
+                if k not in (i, j):
+                    aki, akj = am[k][i], am[k][j]
+                    am[k][i] = am[i][k] = c * aki - s * akj
+                    am[k][j] = am[j][k] = s * aki + c * akj
+                vki, vkj = vm[k][i], vm[k][j]
+                vm[k][i], vm[k][j] = c * vki - s * vkj, s * vki + c * vkj
+        am, vm = tuple(map(tuple, am)), tuple(map(tuple, vm))
+        return am, vm, unconverged(am), count + 1
+
+    def entries(m):
+        return tuple(tuple(m[i, j] for j in range(p)) for i in range(p))
+
+    start = (entries(a), entries(jnp.eye(p, dtype=a.dtype)), unconverged(entries(a)),
+             jnp.asarray(0))
+    am, vm, _, _ = jax.lax.while_loop(lambda c: c[2] & (c[3] < _JACOBI_MAX_SWEEPS), sweep,
+                                      start)
+    eigval = jnp.stack([am[i][i] for i in range(p)])
+    vt = jnp.stack([jnp.stack([vm[k][i] for k in range(p)]) for i in range(p)])
+    return eigval, vt
 
 
 def _round_robin(p: int) -> list[tuple[list[int], list[int]]]:

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
-from .accumulate import ResidualFn
-from .config import Config
+from .accumulate import ResidualFn, empty_accumulator, fold_chunk, use_forward_mode
+from .config import Config, JacobianMode
+from .data import Data
 from .normalize import Normalization, make_normalization
 
 
@@ -64,15 +65,34 @@ class Problem(eqx.Module):
         return residual
 
 
-def make_problem(model: Callable, p0: PyTree, bounds, config: Config, dtype) -> Problem:
-    """Flatten `p0` and `bounds`, build the normalization, place the start."""
+def make_problem(model: Callable, p0: PyTree, bounds, config: Config, dtype,
+                 sample: Data | None = None, model_args: PyTree = None) -> Problem:
+    """Flatten `p0` and `bounds`, build the normalization, place the start.
+
+    With a data `sample` (the warmup subsample), each parameter's influence on
+    the residuals at p0 floors its `p0` scale (`normalize.make_normalization`).
+    """
     p0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), p0)
     theta0, unravel = ravel_pytree(p0)
     lb, ub = flat_bounds(bounds, p0, dtype)
-    norm = make_normalization(theta0, lb, ub, config.normalization)
+    influence = None
+    if sample is not None:
+        identity = Normalization(jnp.zeros_like(theta0), jnp.ones_like(theta0))
+        in_theta = Problem(model, unravel, identity, lb, ub, theta0).residual(model_args)
+        influence = parameter_influence(in_theta, theta0, sample, config.jacobian)
+    norm = make_normalization(theta0, lb, ub, config.normalization, influence)
     lower, upper = norm.bounds(lb, ub)
     u0 = jnp.clip(norm.to_normalized(theta0), lower, upper)
     return Problem(model, unravel, norm, lb, ub, u0)
+
+
+def parameter_influence(residual: ResidualFn, theta, sample: Data,
+                        mode: JacobianMode) -> Float[Array, " p"]:
+    """||d r / d theta_j|| over the sample: the column norms of the Jacobian at `theta`."""
+    acc = empty_accumulator(theta.shape[0], theta.dtype, qr=False)
+    forward = use_forward_mode(mode, theta.shape[0], sample.n)
+    acc = fold_chunk(residual, theta, acc, sample.x, sample.y, sample.weight, forward)
+    return jnp.sqrt(jnp.diagonal(acc.jtj))
 
 
 def flat_bounds(bounds, p0: PyTree, dtype) -> tuple[jax.Array, jax.Array]:

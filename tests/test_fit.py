@@ -575,6 +575,44 @@ def test_every_normalization_gives_the_scipy_optimum(strategy):
     assert_pcov_close(result.pcov, ref_pcov)
 
 
+def _gauss_np(x, a, mu, s, c):
+    return a * np.exp(-0.5 * ((x - mu) / s) ** 2) + c
+
+
+def test_start_near_zero_by_accident_gets_a_usable_scale():
+    """A peak centre started at 3e-6 (data spanning units): |p0| is no scale for it. Its
+    normalized scale is raised from its influence on the residuals, so the fit reaches
+    scipy's optimum in a normal number of iterations (it took 20, mostly radius doublings,
+    with the scale |p0|). A parameter of ordinary size with little influence (a width
+    whose peak lies off the data) keeps the scale |p0|."""
+    rng = np.random.default_rng(3)
+    x = np.linspace(-4.0, 4.0, 64)
+    y = _gauss_np(x, 2.0, 0.4, 0.9, 0.1) + 0.05 * rng.standard_normal(x.size)
+    p0 = np.array([2.3, 3e-6, 1.1, 0.15])
+
+    def gauss(p, x):
+        return p[0] * jnp.exp(-0.5 * ((x - p[1]) / p[2]) ** 2) + p[3]
+
+    result = hybrid_gn.fit(gauss, jnp.asarray(p0), x, y)
+    ref_popt, ref_pcov = scipy.optimize.curve_fit(_gauss_np, x, y, p0=p0, method="lm",
+                                                  xtol=1e-14, ftol=1e-14)
+    assert bool(result.success), result.message
+    assert_same_optimum(result.params, ref_popt, ref_pcov)
+    assert int(result.gn_iterations) <= 10
+
+    setup = hybrid_gn.api.prepare(gauss, jnp.asarray(p0), jnp.asarray(x), jnp.asarray(y), None,
+                                  None, None, None, hybrid_gn.Config())
+    scale = np.asarray(setup.problem.norm.scale)
+    assert scale[1] > 1e-3  # raised from 3e-6
+    np.testing.assert_array_equal(scale[[0, 2, 3]], p0[[0, 2, 3]])  # the others keep |p0|
+
+    far = np.array([2.3, 40.0, 0.5, 0.15])  # the peak far off the data: the width and
+    setup = hybrid_gn.api.prepare(gauss, jnp.asarray(far), jnp.asarray(x), jnp.asarray(y),
+                                  None, None, None, None, hybrid_gn.Config())
+    np.testing.assert_array_equal(np.asarray(setup.problem.norm.scale), far)  # centre barely
+    # move the residuals, but neither is near zero: the scales stay |p0|
+
+
 # --------------------------------------------------------------------------------------------
 # 9. trust-region subproblem
 # --------------------------------------------------------------------------------------------
