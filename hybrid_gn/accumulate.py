@@ -125,8 +125,8 @@ def linearize(residual: ResidualFn, u, data: Data, mode: JacobianMode,
     placeholder = Linearization(jnp.zeros((p, p), u.dtype), jnp.zeros(p, u.dtype),
                                 jnp.zeros((), u.dtype))
     use_qr = jnp.asarray(use_qr)
-    # the normal equations always (cheap, and a run_if around them cost 1.6x per step
-    # under vmap); the QR only when this problem, or under vmap any problem, needs it
+    # the normal equations always (nearly every problem needs them; one on the QR route
+    # discards them); the QR only when this problem, or under vmap any problem, needs it
     by_qr = run_if(use_qr, by(True), placeholder)
     by_normal = by(False)()
     return jax.tree.map(lambda a, b: jnp.where(use_qr, a, b), by_qr, by_normal)

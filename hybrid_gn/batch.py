@@ -21,7 +21,7 @@ from jaxtyping import Array, PyTree
 
 from . import pipeline
 from .api import Model, finish, prepare, validate
-from .config import Config
+from .config import Config, with_tolerances
 from .pipeline import PipelineState as State
 from .problem import flat_bounds
 from .result import Result, Trace
@@ -98,33 +98,38 @@ def _check_problems(p0, x, y, sigma, bounds, mask, check_finite: bool) -> None:
 
 @functools.partial(jax.jit, static_argnames=("model", "absolute_sigma"))
 def _batched(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config) -> Result:
-    inputs = (p0, x, y, sigma, args, mask)
+    def setup(p0, x, y, sigma, args, mask):
+        s = prepare(model, p0, x, y, sigma, bounds, args, mask, config)
+        return s.problem, s.data
 
-    def setup(inputs):
-        p0, x, y, sigma, args, mask = inputs
-        return prepare(model, p0, x, y, sigma, bounds, args, mask, config)
+    # phase 0 once per problem, outside the loops (the steps only read its result)
+    problems, data = jax.vmap(setup)(p0, x, y, sigma, args, mask)
+    inputs = (problems, data, args)
+    config = with_tolerances(config, problems.dtype)
+
+    def phases(inputs) -> pipeline.Phases:
+        problem, data, args = inputs
+        return pipeline.phases(problem.residual(args), problem.lower, problem.upper, data,
+                               config)
 
     def start(inputs):
-        s = setup(inputs)
-        return s.phases.start(s.problem.u0)
+        return phases(inputs).start(inputs[0].u0)
 
     def warmup_step(inputs, state):
-        return setup(inputs).phases.warmup_step(state)
+        return phases(inputs).warmup_step(state)
 
     def gauss_newton_step(inputs, state):
-        return setup(inputs).phases.gauss_newton_step(state)
+        return phases(inputs).gauss_newton_step(state)
 
-    def result(inputs, state):
-        p0, x, y, sigma, args, mask = inputs
-        s = setup(inputs)
-        return finish(s.problem, state, s.data, (x, y, sigma, args), mask, absolute_sigma,
-                      s.config)
+    def result(inputs, eta, mask, state):
+        problem, data, _ = inputs
+        return finish(problem, state, data, eta, mask, absolute_sigma, config)
 
     states = jax.vmap(start)(inputs)
-    if setup(jax.tree.map(lambda a: a[0], inputs)).phases.warmup_runs:
+    if phases(jax.tree.map(lambda a: a[0], inputs)).warmup_runs:
         states = compacted_loop(pipeline.warming_up, warmup_step, states, inputs)
     states = compacted_loop(pipeline.running, gauss_newton_step, states, inputs)
-    return jax.vmap(result)(inputs, states)
+    return jax.vmap(result)(inputs, (x, y, sigma, args), mask, states)
 
 
 def compacted_loop(active: Callable[[State], Array],
@@ -132,9 +137,9 @@ def compacted_loop(active: Callable[[State], Array],
                    shrink: int = 8, smallest: int = 16) -> State:
     """`while active: state = step(inputs, state)` for every problem of a batch, in two stages.
 
-    Stage 1 steps the whole batch until at most B / shrink problems are still
-    active; stage 2 gathers those into a sub-batch of B / shrink and steps it
-    until none is. So the many problems that finish early stop costing full
+    Stage 1 steps the whole batch, in place, until at most B / shrink problems
+    are still active; stage 2 gathers those into a sub-batch of B / shrink and
+    steps it until none is. So the many problems that finish early stop costing full
     iterations while a few slow ones run on (two stages, not more: each has
     its own compiled copy of `step`). A problem that is not active is left as
     it is (`where`), so each problem's states are those of its solo loop.
@@ -147,6 +152,11 @@ def compacted_loop(active: Callable[[State], Array],
 
     for k, size in enumerate(sizes):
         target = sizes[k + 1] if k + 1 < len(sizes) else 0
+        if size == batch:  # the whole batch, in place
+            states = jax.lax.while_loop(
+                lambda s, target=target: jnp.sum(jax.vmap(active)(s)) > target,
+                lambda s: jax.vmap(masked_step)(inputs, s), states)
+            continue
         order = jnp.argsort(~jax.vmap(active)(states), stable=True)[:size]
         sub, sub_inputs = jax.tree.map(lambda a, order=order: a[order], (states, inputs))
         sub = jax.lax.while_loop(
