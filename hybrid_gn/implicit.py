@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Bool, Float, PyTree
 
 Objective = Callable[[Float[Array, " p"], PyTree], Float[Array, ""]]
@@ -41,12 +42,23 @@ def _solution(objective, u_star, free, eta, consts):
 
 def _solution_jvp(objective, primals, tangents):
     u_star, free, eta, consts = primals
-    eta_dot = tangents[2]
+    # only the perturbed parts of eta enter the mixed term: with symbolic zeros the
+    # derivative with respect to a model argument does not also differentiate (with zero
+    # tangents) through x, y and sigma at every data point
+    leaves, treedef = jax.tree.flatten(eta)
+    dots = jax.tree.leaves(tangents[2], is_leaf=lambda t: isinstance(t, SymbolicZero))
+    moving = [not isinstance(d, SymbolicZero) for d in dots]
+    if not any(moving):
+        return u_star, jnp.zeros_like(u_star)
 
-    def gradient(e):
-        return jax.grad(objective)(u_star, e, *consts)
+    def gradient(*moving_leaves):
+        given = iter(moving_leaves)
+        full = [next(given) if m else leaf for leaf, m in zip(leaves, moving, strict=True)]
+        return jax.grad(objective)(u_star, treedef.unflatten(full), *consts)
 
-    _, mixed = jax.jvp(gradient, (eta,), (eta_dot,))  # d^2L/(du deta) . eta_dot
+    # d^2L/(du deta) . eta_dot
+    _, mixed = jax.jvp(gradient, tuple(a for a, m in zip(leaves, moving, strict=True) if m),
+                       tuple(d for d, m in zip(dots, moving, strict=True) if m))
     hessian = jax.hessian(objective)(u_star, eta, *consts)
     both_free = free[:, None] & free[None, :]
     reduced = jnp.where(both_free, hessian, jnp.eye(hessian.shape[0], dtype=hessian.dtype))
@@ -54,4 +66,4 @@ def _solution_jvp(objective, primals, tangents):
     return u_star, -(inverse @ jnp.where(free, mixed, 0))
 
 
-_solution.defjvp(_solution_jvp)
+_solution.defjvp(_solution_jvp, symbolic_zeros=True)
