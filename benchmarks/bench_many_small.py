@@ -130,8 +130,9 @@ def child(method: str, b: int, repeats: int, dtype: str) -> dict:
     import jax
 
     print(f"# {method}: jax {jax.__version__} on {jax.devices()[0].device_kind}", file=sys.stderr)
-    return {"method": method, "B": b, "dtype": dtype, "fits_per_s": fitted / w, "warm": w * b / fitted,
-            "compile": max(first - w, 0.0), "success": float(np.mean(ok))}
+    return {"method": method, "B": b, "dtype": dtype, "fits_per_s": fitted / w,
+            "warm": w * b / fitted, "compile": max(first - w, 0.0),
+            "success": float(np.mean(ok))}
 
 
 def main() -> None:
