@@ -89,8 +89,10 @@ def prepare(model, p0, x, y, sigma, bounds, args, mask, config: Config) -> Setup
     x, y, sigma, args, p0, bounds, mask, config = jax.lax.stop_gradient(
         (x, y, sigma, args, p0, bounds, mask, config))
     data = make_data(x, y, sigma, config.chunk_size, dtype, mask)
-    problem = make_problem(model, p0, bounds, config, dtype,
-                           data.subsample(config.warmup_max_points), args)
+    # the influence at p0 (phase 0) on the warmup subsample; a bounded one when the warmup
+    # uses all the data (it is evaluated as one chunk: p x n numbers)
+    sample = data.subsample(config.warmup_max_points or config.chunk_size)
+    problem = make_problem(model, p0, bounds, config, dtype, sample, args)
     return Setup(problem, data, problem.residual(args), config)
 
 
