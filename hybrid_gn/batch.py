@@ -139,31 +139,27 @@ def compacted_loop(active: Callable[[State], Array],
 
     Stage 1 steps the whole batch, in place, until at most B / shrink problems
     are still active; stage 2 gathers those into a sub-batch of B / shrink and
-    steps it until none is. So the many problems that finish early stop costing full
-    iterations while a few slow ones run on (two stages, not more: each has
+    steps it until none is. So the many problems that finish early stop costing
+    full iterations while a few slow ones run on (two stages, not more: each has
     its own compiled copy of `step`). A problem that is not active is left as
     it is (`where`), so each problem's states are those of its solo loop.
     """
-    batch = jax.tree.leaves(states)[0].shape[0]
-    sizes = [batch] if batch // shrink < smallest else [batch, batch // shrink]
-
     def masked_step(inputs, state):
         return _unless_inactive(active(state), step(inputs, state), state)
 
-    for k, size in enumerate(sizes):
-        target = sizes[k + 1] if k + 1 < len(sizes) else 0
-        if size == batch:  # the whole batch, in place
-            states = jax.lax.while_loop(
-                lambda s, target=target: jnp.sum(jax.vmap(active)(s)) > target,
-                lambda s: jax.vmap(masked_step)(inputs, s), states)
-            continue
-        order = jnp.argsort(~jax.vmap(active)(states), stable=True)[:size]
-        sub, sub_inputs = jax.tree.map(lambda a, order=order: a[order], (states, inputs))
-        sub = jax.lax.while_loop(
-            lambda s, target=target: jnp.sum(jax.vmap(active)(s)) > target,
-            lambda s, sub_inputs=sub_inputs: jax.vmap(masked_step)(sub_inputs, s), sub)
-        states = jax.tree.map(lambda a, b, order=order: a.at[order].set(b), states, sub)
-    return states
+    def run_until(states, inputs, target: int):
+        """Step until at most `target` problems are active."""
+        return jax.lax.while_loop(lambda s: jnp.sum(jax.vmap(active)(s)) > target,
+                                  lambda s: jax.vmap(masked_step)(inputs, s), states)
+
+    small = jax.tree.leaves(states)[0].shape[0] // shrink
+    if small < smallest:
+        return run_until(states, inputs, 0)
+    states = run_until(states, inputs, small)  # stage 1: the whole batch, in place
+    order = jnp.argsort(~jax.vmap(active)(states), stable=True)[:small]
+    sub, sub_inputs = jax.tree.map(lambda a: a[order], (states, inputs))
+    sub = run_until(sub, sub_inputs, 0)  # stage 2: the gathered sub-batch
+    return jax.tree.map(lambda a, b: a.at[order].set(b), states, sub)
 
 
 def _unless_inactive(on, new: State, old: State) -> State:

@@ -71,17 +71,20 @@ def _jacobi_eigen(a):
     eps = jnp.finfo(a.dtype).eps
     pairs = [(i, j) for i in range(p - 1) for j in range(i + 1, p)]
 
+    def off_diagonal(aii, ajj, aij):
+        """Whether a_ij still counts: the rotation criterion and the convergence test."""
+        return jnp.abs(aij) > eps * jnp.sqrt(jnp.abs(aii * ajj))
+
     def unconverged(am):
         return functools.reduce(jnp.logical_or, [
-            jnp.abs(am[i][j]) > eps * jnp.sqrt(jnp.abs(am[i][i] * am[j][j])) for i, j in pairs],
-            jnp.asarray(False))
+            off_diagonal(am[i][i], am[j][j], am[i][j]) for i, j in pairs], jnp.asarray(False))
 
     def sweep(carry):
         am, vm, _, count = carry
         am, vm = [list(row) for row in am], [list(row) for row in vm]
         for i, j in pairs:
             aii, ajj, aij = am[i][i], am[j][j], am[i][j]
-            active = jnp.abs(aij) > eps * jnp.sqrt(jnp.abs(aii * ajj))
+            active = off_diagonal(aii, ajj, aij)
             theta = (ajj - aii) / (2 * jnp.where(active, aij, 1))
             t = jnp.where(theta >= 0, 1, -1) / (jnp.abs(theta) + jnp.sqrt(1 + theta * theta))
             t = jnp.where(active & jnp.isfinite(t), t, 0)
