@@ -20,7 +20,8 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from . import pipeline
-from .api import Model, finish, prepare, validate
+from ._validate import check_bounds, check_fit, native, native_tree, real_array
+from .api import Model, finish, prepare
 from .config import Config, with_tolerances
 from .pipeline import PipelineState as State
 from .problem import flat_bounds
@@ -53,16 +54,58 @@ def fit_batch(
     config = Config() if config is None else config
     x, y, sigma, mask = pad_ragged(x, y, sigma)
     batch = y.shape[0]
-    for name, tree in (("p0", p0), ("args", args)):
+    if batch == 0:
+        raise ValueError("y holds no problems (B = 0)")
+    p0 = jax.tree.map(native, p0)
+    for name, tree in (("p0", p0), ("x", x), ("sigma", sigma), ("args", args)):
         for leaf in jax.tree.leaves(tree):
             if np.ndim(leaf) == 0 or np.shape(leaf)[0] != batch:
                 raise ValueError(f"{name} must have a leading batch axis of size B = {batch} "
-                                 f"(the number of problems), got a leaf of shape "
+                                 f"(the number of problems in y), got a leaf of shape "
                                  f"{np.shape(leaf)}")
-    first = jax.tree.map(lambda a: a[0], (p0, x, y, sigma, args, mask))
-    validate(model, *first[:4], bounds, False, config, first[4], first[5])
+    bounds = _batch_bounds(bounds, p0, batch)
+    first = jax.tree.map(lambda a: a[0], (p0, x, y, sigma, args, mask, bounds))
+    inputs = check_fit(model, *first[:4], first[6], False, config, first[4], first[5])
     _check_problems(p0, x, y, sigma, bounds, mask, check_finite)
-    return _batched(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config)
+    return _batched(inputs.model, inputs.model_args[0], p0, x, y, sigma, bounds, args, mask,
+                    absolute_sigma, config)
+
+
+def _batch_bounds(bounds, p0, batch: int) -> tuple | None:
+    """Bounds with a leading batch axis B (shared ones are broadcast).
+
+    Per-problem bounds are a pair of (B, p) arrays or pytrees whose leaves have p0's
+    batched shapes; anything else is one box for every problem (broadcast here).
+    """
+    if bounds is None:
+        return None
+    one = jax.tree.map(lambda a: a[0], p0)
+    if not (isinstance(bounds, tuple | list) and len(bounds) == 2):
+        raise ValueError("bounds must be a pair (lower, upper) or None")
+    p = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(one))
+
+    def per_problem(side) -> bool:
+        if side is None:
+            return False
+        if jax.tree.structure(side) == jax.tree.structure(p0) and all(
+                np.shape(b) == np.shape(a)
+                for b, a in zip(jax.tree.leaves(side), jax.tree.leaves(p0), strict=True)):
+            return True
+        return np.ndim(side) == 2 and np.shape(side) == (batch, p)
+
+    if not any(per_problem(side) for side in bounds):
+        return _broadcast(check_bounds(bounds, one), batch)
+    sides = []
+    for side, fill in zip(bounds, (-np.inf, np.inf), strict=True):
+        if not per_problem(side):
+            pair = (side, None) if fill < 0 else (None, side)
+            side = _broadcast(check_bounds(pair, one)[int(fill > 0)], batch)
+        sides.append(jax.tree.map(native, side))
+    return tuple(sides)
+
+
+def _broadcast(tree, batch: int):
+    return jax.tree.map(lambda b: np.broadcast_to(np.asarray(b), (batch, *np.shape(b))), tree)
 
 
 def _check_problems(p0, x, y, sigma, bounds, mask, check_finite: bool) -> None:
@@ -85,32 +128,38 @@ def _check_problems(p0, x, y, sigma, bounds, mask, check_finite: bool) -> None:
 
         for name, tree in (("y", y), ("x", x), ("sigma", sigma)):
             for leaf in jax.tree.leaves(tree):
-                first(data_bad(leaf), f"{name} contains NaN or Inf; clean the data or pass "
-                                      f"check_finite=False (the problem then fails alone)")
+                if np.issubdtype(np.asarray(leaf).dtype, np.inexact):
+                    first(data_bad(leaf), f"{name} contains NaN or Inf; clean the data or pass "
+                                          f"check_finite=False (the problem then fails alone)")
         first(np.any(~np.isfinite(theta0), axis=1), "p0 contains NaN or Inf")
     if sigma is not None:
         first(np.any((np.asarray(sigma) <= 0) & mask, axis=1), "sigma must be strictly positive")
     if bounds is not None:
-        lb, ub = (np.asarray(b) for b in flat_bounds(bounds, jax.tree.map(lambda a: a[0], p0),
-                                                      theta0.dtype))
+        lb, ub = (np.asarray(b) for b in jax.vmap(
+            lambda p, b: flat_bounds(b, p, theta0.dtype))(p0, bounds))
+        first(np.any(np.isnan(lb) | np.isnan(ub), axis=1), "bounds contain NaN")
+        first(np.any(lb >= ub, axis=1), "each lower bound must be strictly less than its upper "
+                                        "bound")
         first(np.any((theta0 < lb) | (theta0 > ub), axis=1), "p0 is outside the bounds")
 
 
 @functools.partial(jax.jit, static_argnames=("model", "absolute_sigma"))
-def _batched(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config) -> Result:
-    def setup(p0, x, y, sigma, args, mask):
-        s = prepare(model, p0, x, y, sigma, bounds, args, mask, config)
+def _batched(model, model_arrays, p0, x, y, sigma, bounds, args, mask, absolute_sigma,
+             config) -> Result:
+    # the model's arrays are shared by every problem: closed over, not batched
+    def setup(p0, x, y, sigma, bounds, args, mask):
+        s = prepare(model, p0, x, y, sigma, bounds, (model_arrays, args), mask, config)
         return s.problem, s.data
 
     # phase 0 once per problem, outside the loops (the steps only read its result)
-    problems, data = jax.vmap(setup)(p0, x, y, sigma, args, mask)
+    problems, data = jax.vmap(setup)(p0, x, y, sigma, bounds, args, mask)
     inputs = (problems, data, args)
     config = with_tolerances(config, problems.dtype)
 
     def phases(inputs) -> pipeline.Phases:
         problem, data, args = inputs
-        return pipeline.phases(problem.residual(args), problem.lower, problem.upper, data,
-                               config)
+        return pipeline.phases(problem.residual((model_arrays, args)), problem.lower,
+                               problem.upper, data, config)
 
     def start(inputs):
         return phases(inputs).start(inputs[0].u0)
@@ -123,7 +172,9 @@ def _batched(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config)
 
     def result(inputs, eta, mask, state):
         problem, data, _ = inputs
-        return finish(problem, state, data, eta, mask, absolute_sigma, config)
+        x, y, sigma, args = eta
+        return finish(problem, state, data, (x, y, sigma, (model_arrays, args)), mask,
+                      absolute_sigma, config)
 
     states = jax.vmap(start)(inputs)
     if phases(jax.tree.map(lambda a: a[0], inputs)).warmup_runs:
@@ -186,10 +237,11 @@ def pad_ragged(x, y, sigma=None):
     be finite), with y = 0, sigma = 1 and mask False.
     """
     if not isinstance(y, Sequence) or isinstance(y, np.ndarray | jax.Array):
-        y = jnp.asarray(y)
+        y = real_array("y", y)
         if y.ndim != 2:
             raise ValueError(f"y must be (B, n) or a sequence of 1-D arrays, got shape {y.shape}")
-        return x, y, sigma, jnp.ones(y.shape, bool)
+        sigma = None if sigma is None else real_array("sigma", sigma)
+        return native_tree(x), y, sigma, jnp.ones(y.shape, bool)
     if len(y) == 0:
         raise ValueError("y is an empty sequence: there are no problems")
     if not isinstance(x, Sequence) or len(x) != len(y):
@@ -197,6 +249,8 @@ def pad_ragged(x, y, sigma=None):
     if sigma is not None and (not isinstance(sigma, Sequence) or len(sigma) != len(y)):
         raise ValueError("with ragged y (a sequence), sigma must be None or a sequence of the "
                          "same length")
+    y = [real_array("y", yb, f"problem {b}: ") for b, yb in enumerate(y)]
+    x = [native_tree(xb) for xb in x]
     sizes = [np.shape(yb) for yb in y]
     for b, shape in enumerate(sizes):
         if len(shape) != 1 or shape[0] == 0:

@@ -58,9 +58,28 @@ def _digest(header_text: str, leaves: list[np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, naming `path`, if a checkpoint cannot be written there (not at the first
+    save, hours later); remove temporary files a killed save left behind."""
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint {path}: the directory {folder} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a directory; give a file path")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists()
+                                                    and not os.access(path, os.W_OK)):
+        raise PermissionError(f"checkpoint {path}: cannot write there (permission denied)")
+    for stale in folder.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def save(path: str | os.PathLike, state: PyTree, fingerprint: dict, config: dict,
          progress: dict) -> None:
-    """Write `state` and its header to `path` atomically (temporary file, fsync, rename)."""
+    """Write `state` and its header to `path` atomically (temporary file, fsync, rename).
+
+    A failed write removes its temporary file and raises an OSError naming `path`.
+    """
     path = Path(path)
     leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(state)]
     header = json.dumps({"format": FORMAT, "fingerprint": fingerprint, "config": config,
@@ -68,17 +87,19 @@ def save(path: str | os.PathLike, state: PyTree, fingerprint: dict, config: dict
     arrays = {f"leaf_{i:05d}": leaf for i, leaf in enumerate(leaves)}
     arrays["header"] = np.array(header)
     arrays["digest"] = np.array(_digest(header, leaves))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except OSError as error:
+        raise type(error)(f"could not write checkpoint {path}: {error}") from error
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
 
 
 def read(path: str | os.PathLike) -> Checkpoint:

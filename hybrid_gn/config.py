@@ -12,7 +12,9 @@ import numbers
 from typing import Literal
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 Normalization = Literal["auto", "bounds", "p0", "none"]
 JacobianMode = Literal["auto", "forward", "reverse"]
@@ -72,34 +74,15 @@ class Config(eqx.Module):
     max_radius_resets: int = 2  # stall recovery: times the radius is reset after collapsing
 
     def __check_init__(self):
-        if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
+        _check_ints(self)
         _one_of("normalization", self.normalization, ("auto", "bounds", "p0", "none"))
         _one_of("jacobian", self.jacobian, ("auto", "forward", "reverse"))
         _one_of("factorization", self.factorization, ("auto", "qr", "normal"))
-        if self.warmup not in (True, False, "auto"):
+        if not (isinstance(self.warmup, bool) or isinstance(self.warmup, str)
+                and self.warmup == "auto"):
             raise ValueError(f"warmup must be True, False or 'auto', got {self.warmup!r}")
         _one_of("warmup_linesearch", self.warmup_linesearch, ("zoom", "backtracking"))
-        for name in ("warmup_linesearch_steps", "warmup_memory", "max_iter", "trace_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.warmup_max_iter < 0 or self.warmup_min_iter < 0:
-            raise ValueError("warmup_max_iter and warmup_min_iter must be >= 0")
-        if self.warmup_max_points is not None and self.warmup_max_points < 1:
-            raise ValueError(
-                f"warmup_max_points must be >= 1 or None, got {self.warmup_max_points}")
-        for name in ("ftol", "xtol", "gtol", "warm_start_threshold", "cost_increase_tol",
-                     "plateau_rtol", "warmup_gtol"):
-            value = getattr(self, name)
-            if isinstance(value, numbers.Real) and not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value!r}")
-        if isinstance(self.radius_shrink, numbers.Real) and not 0 < self.radius_shrink < 1:
-            raise ValueError(f"radius_shrink must be in (0, 1), got {self.radius_shrink!r}")
-        for name in ("first_step_refine", "first_step_careful", "first_step_explore",
-                     "max_update_norm", "grad_clip_norm", "initial_radius"):
-            value = getattr(self, name)
-            if isinstance(value, numbers.Real) and not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
+        _check_numbers(self)
 
     trace_length: int = _static(256)  # per-iteration records kept (the first ones)
     # fused driver: report each iteration on stderr through jax.debug.callback (not compiled
@@ -127,6 +110,58 @@ def with_tolerances(config: Config, dtype) -> Config:
                 "qr_condition": eps**-0.25}
     unset = {k: v for k, v in defaults.items() if getattr(config, k) is None}
     return dataclasses.replace(config, **unset) if unset else config
+
+
+# static int fields and their least allowed value (None: the field may also be None)
+_INTS = {"chunk_size": 1, "warmup_linesearch_steps": 1, "warmup_memory": 1, "max_iter": 1,
+         "trace_length": 1, "warmup_max_iter": 0, "warmup_min_iter": 0, "plateau_patience": 1,
+         "max_radius_resets": 0, "warmup_max_points": None}
+_NON_NEGATIVE = ("ftol", "xtol", "gtol", "warm_start_threshold", "cost_increase_tol",
+                 "plateau_rtol", "warmup_gtol", "refine_threshold", "explore_threshold")
+_POSITIVE = ("first_step_refine", "first_step_careful", "first_step_explore", "max_update_norm",
+             "grad_clip_norm", "initial_radius")
+
+
+def _check_ints(config: Config) -> None:
+    for name, least in _INTS.items():
+        value = getattr(config, name)
+        if least is None:  # warmup_max_points: None means all the data
+            if value is None:
+                continue
+            least = 1
+        if isinstance(value, jax.Array | jax.core.Tracer):  # a leaf, traced or batched
+            continue
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+
+
+def _check_numbers(config: Config) -> None:
+    """Numeric knobs, where concrete (they may be traced or batched)."""
+    def real(name: str):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real | None):
+            if isinstance(value, jax.Array | np.ndarray | jax.core.Tracer):
+                return None  # a traced or array value: checked by the user's own code
+            raise ValueError(f"{name} must be a real number, got {value!r}")
+        return value
+
+    for name in _NON_NEGATIVE:
+        value = real(name)
+        if value is not None and not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+    for name in _POSITIVE:
+        value = real(name)
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+    shrink, ratio, condition = (real(n) for n in ("radius_shrink", "accept_ratio",
+                                                  "qr_condition"))
+    if shrink is not None and not 0 < shrink < 1:
+        raise ValueError(f"radius_shrink must be in (0, 1), got {shrink!r}")
+    if ratio is not None and not 0 <= ratio < 1:
+        raise ValueError(f"accept_ratio must be in [0, 1): a step is accepted when the actual "
+                         f"reduction exceeds accept_ratio times the predicted one, got {ratio!r}")
+    if condition is not None and not condition >= 1:
+        raise ValueError(f"qr_condition must be >= 1 (a condition number), got {condition!r}")
 
 
 def _one_of(name: str, value, allowed: tuple[str, ...]) -> None:

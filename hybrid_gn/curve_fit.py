@@ -10,6 +10,7 @@ map to `max_iter`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import warnings
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._validate import real_array
 from .api import fit
 from .config import Config
 from .result import Status
@@ -27,7 +29,7 @@ class CovarianceWarning(UserWarning):
     """The covariance of the parameters could not be estimated (pcov is inf)."""
 
 
-def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_finite=True,
+def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_finite=None,
               bounds=(-np.inf, np.inf), method=None, jac=None, *, full_output=False,
               **options):
     """Fit `f(xdata, *params)` to `ydata`; returns `(popt, pcov)` like scipy.
@@ -35,16 +37,19 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_
     With `full_output=True` returns `(popt, pcov, infodict, mesg, ier)` where
     `infodict` has `nfev` (passes over the data) and `fvec` (weighted residuals
     at popt). `method` is accepted for compatibility and ignored: the solver
-    is always the hybrid trust-region Gauss-Newton. Raises RuntimeError when
-    the fit does not converge, as scipy does.
+    is always the hybrid trust-region Gauss-Newton. `check_finite=None` (scipy's
+    default) checks the inputs for NaN/Inf. Raises RuntimeError when the fit does
+    not converge, as scipy does.
     """
+    check_finite = True if check_finite is None else bool(check_finite)
     if jac is not None:
         raise TypeError("jac is not supported: the Jacobian comes from automatic differentiation")
     if method not in (None, "lm", "trf", "dogbox"):
         raise ValueError(f"method must be None, 'lm', 'trf' or 'dogbox', got {method!r}")
     config = _config(options)
-    lb, ub = (np.broadcast_to(np.asarray(b, float), ()) if np.ndim(b) == 0 else
-              np.asarray(b, float) for b in bounds)
+    if not (isinstance(bounds, tuple | list) and len(bounds) == 2):
+        raise ValueError("bounds must be a pair (lb, ub)")
+    lb, ub = (np.asarray(real_array("bounds", b), float) for b in bounds)
     n_params = _count_params(f, p0)
     p0 = _initialize_feasible(lb, ub, n_params) if p0 is None else np.atleast_1d(
         np.asarray(p0, float))
@@ -52,12 +57,16 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_
         raise ValueError(f"p0 must be 1-D, got shape {p0.shape}")
     if n_params is not None and p0.size != n_params:
         raise ValueError(f"p0 has {p0.size} values but f takes {n_params} parameters")
+    for name, b in (("lower", lb), ("upper", ub)):
+        if b.size not in (1, p0.size) or b.ndim > 1:
+            raise ValueError(f"bounds ({name}) has shape {b.shape}: give a scalar or one value "
+                             f"per parameter of p0 ({p0.size})")
     lb, ub = np.broadcast_to(lb, p0.shape), np.broadcast_to(ub, p0.shape)
 
-    ydata = np.asarray(ydata, float)
+    ydata = np.asarray(real_array("ydata", ydata), float)
     if ydata.ndim != 1:
         raise ValueError(f"ydata must be 1-D, got shape {ydata.shape}")
-    xdata = np.asarray(xdata, float)
+    xdata = np.asarray(real_array("xdata", xdata), float)
     n = ydata.shape[0]
     multi_dim_x = xdata.ndim >= 2
     if multi_dim_x and xdata.shape[-1] != n:
@@ -81,7 +90,7 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_
             raise ValueError("2-D sigma must be a positive definite covariance matrix") from err
         y = np.linalg.solve(chol, ydata)
         x = (x, chol)
-        config = _replace_chunk_size(config, n)
+        config = dataclasses.replace(config, chunk_size=n)  # one chunk: the whole whitening
     elif sigma is not None:
         fit_sigma = np.asarray(sigma, float)
 
@@ -137,12 +146,6 @@ def _config(options: dict) -> Config:
     return config
 
 
-def _replace_chunk_size(config: Config, n: int) -> Config:
-    import equinox as eqx
-
-    return eqx.tree_at(lambda c: c.chunk_size, config, n)
-
-
 def _count_params(f, p0) -> int | None:
     """Number of parameters from f's signature; None if it takes *args."""
     try:
@@ -163,7 +166,11 @@ def _count_params(f, p0) -> int | None:
 
 def _initialize_feasible(lb, ub, n: int) -> np.ndarray:
     """scipy's default start: ones, moved inside the bounds where they are finite."""
-    lb, ub = np.broadcast_to(lb, (n,)), np.broadcast_to(ub, (n,))
+    try:
+        lb, ub = np.broadcast_to(lb, (n,)), np.broadcast_to(ub, (n,))
+    except ValueError:
+        raise ValueError(f"bounds must be scalars or have one value per parameter (f takes "
+                         f"{n}), got shapes {np.shape(lb)} and {np.shape(ub)}") from None
     p0 = np.ones(n)
     both = np.isfinite(lb) & np.isfinite(ub)
     p0[both] = 0.5 * (lb[both] + ub[both])

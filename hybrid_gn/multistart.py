@@ -16,10 +16,12 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from . import accumulate, pipeline, sampling, warmup
-from .api import Model, finish, prepare, validate
+from ._validate import check_fit
+from .api import Model, finish, prepare
 from .config import Config
 from .result import Result
 
@@ -77,9 +79,23 @@ def fit_multistart(
     """
     config = Config() if config is None else config
     tournament = Tournament() if tournament is None else tournament
-    validate(model, p0, x, y, sigma, bounds, check_finite, config, args, mask)
-    return _jitted(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config,
-                   tournament, key)
+    if not isinstance(tournament, Tournament):
+        raise TypeError(f"tournament must be a hybrid_gn.Tournament, got "
+                        f"{type(tournament).__name__}")
+    inputs = check_fit(model, p0, x, y, sigma, bounds, check_finite, config, args, mask)
+    return _jitted(*inputs, absolute_sigma, config, tournament, _as_key(key))
+
+
+def _as_key(key) -> PRNGKeyArray:
+    """A PRNG key from a key (typed or raw uint32 pair) or an int seed."""
+    if isinstance(key, int | np.integer) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and (jnp.issubdtype(dtype, jax.dtypes.prng_key) or (
+            dtype == jnp.uint32 and np.shape(key)[-1:] == (2,))):
+        return key
+    raise TypeError(f"key must be a JAX random key (jax.random.key(seed)) or an int seed, got "
+                    f"{type(key).__name__}")
 
 
 @eqx.filter_jit
@@ -109,8 +125,12 @@ def _jitted(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config: 
     gn_config = dataclasses.replace(config, warmup=False)
     states = jax.vmap(lambda u0: pipeline.run(residual, u0, lower, upper, data, gn_config))(u)
     cost = states.gauss_newton.model.cost
-    winner = jnp.argmin(jnp.where(jnp.isfinite(cost), cost, jnp.inf))
+    finite = jnp.isfinite(cost)
+    winner = jnp.argmin(jnp.where(finite, cost, jnp.inf))
     state = jax.tree.map(lambda a: a[winner], states)
+    # no candidate with a finite cost: the failed result holds the start, as `fit`'s does
+    state = eqx.tree_at(lambda s: s.gauss_newton.u, state,
+                        jnp.where(jnp.any(finite), state.gauss_newton.u, problem.u0))
     return finish(problem, state, data, (x, y, sigma, args), mask, absolute_sigma, config)
 
 

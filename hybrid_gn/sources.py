@@ -101,9 +101,10 @@ class ArraySource(ChunkSource):
     random_access = True
 
     def __init__(self, x: PyTree, y, sigma=None):
-        self.x = jax.tree.map(_as_numpy, x)
-        self.y = _as_numpy(y)
-        self.sigma = None if sigma is None else _as_numpy(sigma)
+        # kept as given (a memmap stays on disk); blocks are converted as they are read
+        self.x = jax.tree.map(_array, x)
+        self.y = _array(y)
+        self.sigma = None if sigma is None else _array(sigma)
         if self.y.ndim != 1:
             raise ValueError(f"y must be 1-D of shape (n,), got shape {self.y.shape}")
         self.n_points = int(self.y.shape[0])
@@ -166,6 +167,13 @@ class HDF5Source(ChunkSource):
     def describe(self, field: str) -> str:
         return f"dataset {self.names[field]!r} of {os.path.basename(self.path)}"
 
+    def _check_length(self, f) -> None:
+        """The file is read anew for each pass: it must still hold the points it had."""
+        for field, name in self.names.items():
+            if name is not None and f[name].shape[0] != self.n_points:
+                raise ValueError(f"the source changed between passes: {self.describe(field)} "
+                                 f"now has {f[name].shape[0]} points, it had {self.n_points}")
+
     def _read(self, f, start: int, stop: int) -> Block:
         sigma = self.names["sigma"]
         return Block(f[self.names["x"]][start:stop], f[self.names["y"]][start:stop],
@@ -182,6 +190,7 @@ class HDF5Source(ChunkSource):
         import h5py
 
         with h5py.File(self.path, "r") as f:
+            self._check_length(f)
             datasets = {field: f[name] for field, name in self.names.items() if name is not None}
 
             def read(start: int, stop: int, out: Block) -> None:
@@ -197,7 +206,8 @@ class HDF5Source(ChunkSource):
 
         with h5py.File(self.path, "r") as f:
             datasets = [f[name] for name in self.names.values() if name is not None]
-            buffers = [np.empty((size, *d.shape[1:]), d.dtype) for d in datasets]
+            self._check_length(f)
+            buffers = [np.empty((size, *d.shape[1:]), _native(d.dtype)) for d in datasets]
             for start in range(0, self.n_points, size):
                 m = min(size, self.n_points - start)
                 for d, b in zip(datasets, buffers, strict=True):
@@ -218,9 +228,18 @@ class CallableSource(ChunkSource):
             raise TypeError("make_iterator must be callable, returning an iterator of "
                             "(x, y) or (x, y, sigma) chunks")
         self.make_iterator = make_iterator
+        self._previous = None  # the iterator of the last pass: a new one is due each pass
 
     def blocks(self, size: int) -> Iterator[Block]:
-        for i, item in enumerate(self.make_iterator()):
+        items = self.make_iterator()
+        if items is self._previous or items is None:
+            raise ValueError("the source callable must return a fresh iterator for each pass "
+                             "(the data is read once per iteration); it returned "
+                             + ("None" if items is None else "the iterator of the last pass")
+                             + ": write it as a generator function, or return iter(...) of a "
+                               "list of chunks")
+        self._previous = items
+        for i, item in enumerate(items):
             if not isinstance(item, tuple | list) or len(item) not in (2, 3):
                 raise ValueError(f"chunk {i} from the source must be a tuple (x, y) or "
                                  f"(x, y, sigma), got {type(item).__name__}")
@@ -237,6 +256,11 @@ def as_source(data) -> ChunkSource:
         return ArraySource(*data)
     if callable(data):
         return CallableSource(data)
+    if isinstance(data, Iterator):
+        raise TypeError("source is an iterator (e.g. a generator), which can be read only once, "
+                        "but the fit reads the data once per iteration: pass a callable that "
+                        "returns a fresh iterator for each pass, e.g. the generator function "
+                        "itself")
     raise TypeError("source must be a hybrid_gn.sources.ChunkSource, a tuple (x, y[, sigma]) "
                     f"of arrays or a callable returning an iterator of chunks; got "
                     f"{type(data).__name__}")
@@ -300,8 +324,18 @@ def check_block(source: ChunkSource, block: Block, index: int, start: int,
                          f"(point {start + bad} has {block.sigma[bad]})")
 
 
-def _as_numpy(a) -> np.ndarray:
+def _array(a) -> np.ndarray:
     return a if isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def _as_numpy(a) -> np.ndarray:
+    """`a` as a numpy array in native byte order (big-endian HDF5/FITS data is converted)."""
+    a = _array(a)
+    return a if a.dtype.isnative else a.astype(_native(a.dtype))
+
+
+def _native(dtype: np.dtype) -> np.dtype:
+    return dtype.newbyteorder("=")
 
 
 def _weight(block: Block, dtype) -> np.ndarray:
@@ -369,8 +403,8 @@ class _SlotPool:
     def acquire(self, like: Block) -> _Slot:
         if self.free.empty() and self.made < self.count:
             self.made += 1
-            return _Slot(jax.tree.map(lambda a: np.empty((self.size, *a.shape[1:]), a.dtype),
-                                      like.x),
+            return _Slot(jax.tree.map(
+                lambda a: np.empty((self.size, *a.shape[1:]), _native(a.dtype)), like.x),
                          np.empty(self.size, self.dtype), np.empty(self.size, self.dtype))
         while True:
             if self.closed.is_set():

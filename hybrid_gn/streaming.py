@@ -29,9 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
 
-from . import accumulate, gauss_newton, pipeline, sources, warmup
+from . import _digest, accumulate, gauss_newton, pipeline, sources, warmup
 from . import checkpoint as checkpoints
-from .api import Model, make_result, validate
+from ._model import Bound
+from ._validate import check_fit, float_dtype
+from .api import Model, make_result
 from .config import Config, warmup_pays_off, with_tolerances
 from .data import Data
 from .gauss_newton import Proposal
@@ -91,6 +93,8 @@ def fit_stream(
     _check_int("prefetch", prefetch, 0)
     if warmup_chunks is not None:
         _check_int("warmup_chunks", warmup_chunks, 1)
+    if checkpoint is not None:
+        checkpoints.check_writable(checkpoint)
     source = sources.as_source(source)
     survey = sources.survey(source, chunk_size, check_finite)
     n, head = survey.n_points, survey.head
@@ -101,74 +105,160 @@ def fit_stream(
     if sources._length(head) < p:
         raise ValueError(f"chunk_size = {chunk_size} must be at least the number of "
                          f"parameters p = {p}")
-    validate(model, p0, head.x, head.y, head.sigma, bounds, check_finite, config, args)
-    dtype = _float_dtype(p0, head.y)
+    inputs = check_fit(model, p0, head.x, head.y, head.sigma, bounds, check_finite, config, args,
+                       n_points=n)
+    dtype = float_dtype(inputs.p0, head.y)
     config = with_tolerances(config, dtype)
-    p0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), p0)
-    bounds = None if bounds is None else jax.tree.map(lambda b: jnp.asarray(b, dtype),
-                                                      tuple(bounds))
-    fixed = _Fixed(model, p0, bounds, args, config)
-    problem = make_problem(model, p0, bounds, config, dtype)
-    fingerprint = _fingerprint(model, p0, problem, args, head, n, dtype)
-    settings = _settings(config, chunk_size, warmup_chunks, absolute_sigma, check_finite)
-
-    def sample() -> Chunk:
-        if not warmup_pays_off(config, n):
-            # warmup.init still evaluates the start (the warmup mode in the Result): on
-            # the first points, all of them where the data is small, as `fit` does
-            first = min(n, config.warmup_max_points or chunk_size)
-            return sources.subsample(source, chunk_size, first, None, None, dtype,
-                                     check_finite)
-        return sources.subsample(source, chunk_size, n, warmup_chunks, config.warmup_max_points,
-                                 dtype, check_finite)
-
-    warmup_data = None
+    p0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), inputs.p0)
+    bounds = None if inputs.bounds is None else jax.tree.map(lambda b: jnp.asarray(b, dtype),
+                                                             inputs.bounds)
+    fixed = _Fixed(inputs.model, p0, bounds, inputs.model_args, config)
+    problem = make_problem(inputs.model, p0, bounds, config, dtype)
+    run = _Run(source, fixed, n, chunk_size, dtype, check_finite, prefetch, warmup_chunks,
+               checkpoint, checkpoint_every,
+               _fingerprint(inputs.model, p0, problem, inputs.model_args, head, n, dtype),
+               _settings(config, chunk_size, warmup_chunks, absolute_sigma, check_finite))
     if resume is not None:
-        saved = checkpoints.read(resume)
-        template = _start.eval_shape(fixed, _to_data(_head_chunk(head, dtype)), n)
-        state = checkpoints.restore(saved, template, fingerprint, settings, resume)
+        state = run.resume(resume, head)
     else:
-        warmup_data = _to_data(sample())
-        state = _start(fixed, warmup_data, n)
-
+        state = _start(fixed, run.sample(), n)
     with _Progress(progress, -(-n // chunk_size)) as bar:
-        done = int(state.trace.length)
-        bar.iteration(state, done)
+        state = run.iterate(state, bar)
+    run.finish(state)
+    return _result(fixed, state, jnp.asarray(n), absolute_sigma)
+
+
+class _Run:
+    """The host side of one streamed fit: passes over the source, the data digests that
+    tie a checkpoint to its data, and checkpoint writes."""
+
+    def __init__(self, source: ChunkSource, fixed: _Fixed, n: int, chunk_size: int, dtype,
+                 check_finite: bool, prefetch: int, warmup_chunks: int | None, checkpoint,
+                 checkpoint_every: int, fingerprint: dict, settings: dict):
+        self.source, self.fixed, self.n, self.chunk_size = source, fixed, n, chunk_size
+        self.dtype, self.check_finite, self.prefetch = dtype, check_finite, prefetch
+        self.warmup_chunks, self.checkpoint = warmup_chunks, checkpoint
+        self.checkpoint_every, self.fingerprint, self.settings = (checkpoint_every,
+                                                                  fingerprint, settings)
+        self.warmup_data: Data | None = None
+        # digests of the warmup subsample and of a whole pass, once known; those of a
+        # resumed checkpoint must be matched before its state is used
+        self.digests: dict[str, str | None] = {"sample": None, "data": None}
+        self.expected: dict[str, str | None] = {"sample": None, "data": None}
+        self.done = 0
+
+    # --- the data --------------------------------------------------------------------------
+
+    def sample(self) -> Data:
+        """The warmup subsample (read once), its digest checked against a resumed one."""
+        if self.warmup_data is None:
+            config, n, size = self.fixed.config, self.n, self.chunk_size
+            if not warmup_pays_off(config, n):
+                # warmup.init still evaluates the start (the warmup mode in the Result): on
+                # the first points, all of them where the data is small, as `fit` does
+                first = min(n, config.warmup_max_points or size)
+                chunk = sources.subsample(self.source, size, first, None, None, self.dtype,
+                                          self.check_finite)
+            else:
+                chunk = sources.subsample(self.source, size, n, self.warmup_chunks,
+                                          config.warmup_max_points, self.dtype,
+                                          self.check_finite)
+            self.warmup_data = _to_data(chunk)
+            data = self.warmup_data
+            self._match("sample", _digest.text(_digest.fold(_digest.empty(), 0, data.x, data.y,
+                                                            data.weight)))
+        return self.warmup_data
+
+    def one_pass(self, fold=None, bar=None):
+        """Read the source once, folding each chunk into `fold`'s accumulator when given;
+        the pass's digest must match the data's (a resumed checkpoint's, or the first
+        pass's), else nothing computed from it is used."""
+        acc = None if fold is None else fold[1]
+        digest, seen = _digest.empty(), 0
+        with contextlib.closing(_pass(self.source, self.chunk_size, self.dtype,
+                                      self.check_finite, self.prefetch)) as chunks:
+            for chunk in chunks:
+                previous = acc
+                if fold is not None:
+                    acc = _fold(self.fixed, fold[0], acc, chunk.x, chunk.y, chunk.weight)
+                digest = _digest.fold(digest, chunk.start, chunk.x, chunk.y, chunk.weight)
+                if self.prefetch == 0:  # strictly in turn: read, then compute
+                    jax.block_until_ready(digest)
+                else:  # at most one chunk queued behind the running one
+                    jax.block_until_ready(previous)
+                seen += chunk.n_valid
+                if bar is not None:
+                    bar.chunk()
+        if seen != self.n:
+            raise ValueError(f"the source changed between passes: it had {self.n} points, "
+                             f"this pass read {seen}")
+        self._match("data", _digest.text(digest))
+        return acc
+
+    def _match(self, what: str, digest: str) -> None:
+        expected = self.expected[what]
+        if expected is not None and expected != digest:
+            raise checkpoints.CheckpointError(
+                f"checkpoint {self.resumed_from} was written for different data: the "
+                f"{'warmup subsample' if what == 'sample' else 'data'} read now has digest "
+                f"{digest}, the checkpoint's had {expected}; refusing to resume from it")
+        known = self.digests[what]
+        if known is not None and known != digest:
+            raise ValueError(f"the source changed between passes: the data read now has "
+                             f"digest {digest}, the first pass read {known}")
+        self.digests[what], self.expected[what] = digest, None
+
+    # --- the iterations --------------------------------------------------------------------
+
+    def resume(self, path, head: sources.Block) -> PipelineState:
+        """The state saved at `path`, once its problem, configuration and data match."""
+        saved = checkpoints.read(path)
+        template = _start.eval_shape(self.fixed, _to_data(_head_chunk(head, self.dtype)),
+                                     self.n)
+        state = checkpoints.restore(saved, template, self.fingerprint, self.settings, path)
+        progress = saved.header["progress"]
+        self.resumed_from = path
+        self.expected = {"sample": progress.get("sample_digest"),
+                         "data": progress.get("data_digest")}
+        if self.expected["data"] is None:
+            self.sample()  # checks the subsample; the first pass checks the rest
+        elif int(state.phase) == _DONE:
+            self.one_pass()  # nothing else would read the data: verify it before answering
+        self.done = int(state.trace.length)
+        return state
+
+    def iterate(self, state: PipelineState, bar: _Progress) -> PipelineState:
+        bar.iteration(state, self.done)
         while int(state.phase) == Phase.WARMUP:
-            if warmup_data is None:
-                warmup_data = _to_data(sample())
-            state = _warmup_step(fixed, warmup_data, state)
-            done += 1
-            bar.iteration(state, done)
-            _maybe_save(checkpoint, checkpoint_every, done, state, fingerprint, settings)
+            state = _warmup_step(self.fixed, self.sample(), state)
+            self.after_iteration(state, bar)
         while int(state.phase) != _DONE:
             use_qr = bool(state.gauss_newton.use_qr)
-            proposal = _propose(fixed, state)
-            acc = accumulate.empty_accumulator(problem.u0.shape[0], dtype, use_qr)
-            seen = 0
+            proposal = _propose(self.fixed, state)
+            acc = accumulate.empty_accumulator(proposal.trial.shape[0], self.dtype, use_qr)
             bar.new_pass()
-            # closed on any error too, which stops the reading thread at once
-            with contextlib.closing(_pass(source, chunk_size, dtype, check_finite,
-                                          prefetch)) as chunks:
-                for chunk in chunks:
-                    previous = acc
-                    acc = _fold(fixed, proposal.trial, acc, chunk.x, chunk.y, chunk.weight)
-                    if prefetch == 0:  # strictly in turn: read, then compute
-                        jax.block_until_ready(acc)
-                    else:  # at most one chunk queued behind the running one
-                        jax.block_until_ready(previous)
-                    seen += chunk.n_valid
-                    bar.chunk()
-            if seen != n:
-                raise ValueError(f"the source changed between passes: it had {n} points, this "
-                                 f"pass read {seen}")
-            state = _conclude(fixed, state, proposal, acc)
-            done += 1
-            bar.iteration(state, done)
-            _maybe_save(checkpoint, checkpoint_every, done, state, fingerprint, settings)
-    if checkpoint is not None:
-        _save(checkpoint, state, fingerprint, settings, done, finished=True)
-    return _result(fixed, state, jnp.asarray(n), absolute_sigma)
+            acc = self.one_pass((proposal.trial, acc), bar)
+            state = _conclude(self.fixed, state, proposal, acc)
+            self.after_iteration(state, bar)
+        return state
+
+    def after_iteration(self, state: PipelineState, bar: _Progress) -> None:
+        self.done += 1
+        bar.iteration(state, self.done)
+        if (self.checkpoint is not None and self.done % self.checkpoint_every == 0
+                and int(state.phase) != _DONE):
+            self.save(state, finished=False)
+
+    def save(self, state: PipelineState, finished: bool) -> None:
+        checkpoints.save(self.checkpoint, state, self.fingerprint, self.settings,
+                         {"iteration": self.done, "finished": finished,
+                          "phase": int(state.phase), "time": time.time(),
+                          "sample_digest": self.digests["sample"],
+                          "data_digest": self.digests["data"]})
+
+    def finish(self, state: PipelineState) -> None:
+        if self.checkpoint is not None:
+            self.save(state, finished=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -365,21 +455,16 @@ def _head_chunk(head: sources.Block, dtype) -> Chunk:
     return Chunk(0, 0, m, head.x, np.asarray(head.y, dtype), np.ones(m, dtype))
 
 
-def _float_dtype(p0, y):
-    dtype = jnp.result_type(*jax.tree.leaves(p0), y)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        dtype = jnp.result_type(dtype, float)
-    return dtype
-
-
 def _check_int(name: str, value, minimum: int) -> None:
     if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
-def _fingerprint(model, p0: PyTree, problem: Problem, args, head: sources.Block, n: int,
+def _fingerprint(model: Bound, p0: PyTree, problem: Problem, args, head: sources.Block, n: int,
                  dtype) -> dict:
-    """What identifies the problem: model, parameter layout, start and box, data layout."""
+    """What identifies the problem: the model's computation (its jaxpr and constants, then
+    its arrays with `args`), parameter layout, start and box, data layout. The data itself
+    is matched by its digest on the first pass after a resume (`_Run`)."""
 
     def digest(*trees) -> str:
         h = hashlib.sha256()
@@ -389,9 +474,8 @@ def _fingerprint(model, p0: PyTree, problem: Problem, args, head: sources.Block,
             h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()[:32]
 
-    name = f"{getattr(model, '__module__', '?')}.{getattr(model, '__qualname__', repr(model))}"
     return {
-        "model": name,
+        "model": model.key.fingerprint[:32],
         "params": f"{jax.tree.structure(p0)} {[list(np.shape(a)) for a in jax.tree.leaves(p0)]}",
         "dtype": str(np.dtype(dtype)),
         "n_points": int(n),
@@ -412,18 +496,6 @@ def _settings(config: Config, chunk_size: int, warmup_chunks, absolute_sigma,
     values.update(stream_chunk_size=chunk_size, warmup_chunks=warmup_chunks,
                   absolute_sigma=bool(absolute_sigma), check_finite=bool(check_finite))
     return values
-
-
-def _save(path, state: PipelineState, fingerprint: dict, settings: dict, iteration: int,
-          finished: bool) -> None:
-    checkpoints.save(path, state, fingerprint, settings,
-                    {"iteration": iteration, "finished": finished, "phase": int(state.phase),
-                     "time": time.time()})
-
-
-def _maybe_save(path, every: int, done: int, state, fingerprint, settings) -> None:
-    if path is not None and done % every == 0 and int(state.phase) != _DONE:
-        _save(path, state, fingerprint, settings, done, finished=False)
 
 
 class _Progress:

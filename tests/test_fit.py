@@ -436,7 +436,7 @@ _BAD = [
     ("fit-nan-bound", _fit(bounds=([0.0, np.nan, -1.0], BOX[1])), ValueError,
      "bounds contain NaN"),
     ("fit-too-few-points", _fit(x=X[:2], y=Y[:2]), ValueError,
-     "too few data points: n = 2 is less than the number of parameters p = 3"),
+     "too few data points: y has n = 2 points, fewer than the p = 3 parameters"),
     ("fit-model-short", _fit(model=lambda p, x: exp_model(p, x)[:-1]), ValueError,
      r"one value per point.*shape \(59,\)"),
     ("fit-model-column", _fit(model=lambda p, x: exp_model(p, x)[:, None]), ValueError,

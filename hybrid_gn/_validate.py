@@ -1,0 +1,277 @@
+"""Input checks and conversions shared by every entry point, before any tracing.
+
+Each function either returns its argument in the form the pipeline expects
+(numpy arrays in native byte order, lists as arrays, `None` bounds as
+infinite ones) or raises a `ValueError`/`TypeError` whose message names the
+argument, so that no bad input dies deep inside JAX or numpy. Shapes are
+checked always; values (NaN/Inf, sigma > 0, p0 inside the bounds) whenever
+they are concrete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import PyTree
+
+from . import _model
+from .config import Config
+
+
+def native(a):
+    """`a` as an array the pipeline accepts: lists become arrays, non-native byte order
+    (big-endian data from HDF5 or FITS files) is converted; JAX arrays pass unchanged."""
+    if isinstance(a, jax.Array | jax.core.Tracer):
+        return a
+    a = np.asarray(a)
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    return a
+
+
+def native_tree(tree: PyTree) -> PyTree:
+    """`native` on every leaf; a list or tuple of plain numbers becomes one array."""
+    if isinstance(tree, list | tuple) and tree and all(np.ndim(v) == 0 and not isinstance(
+            v, jax.Array | jax.core.Tracer) for v in jax.tree.leaves(tree)):
+        return native(tree)
+    return jax.tree.map(native, tree)
+
+
+def real_array(name: str, a, where: str = ""):
+    """`a` converted by `native`, refused unless it holds real numbers."""
+    try:
+        a = native(a)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{where}{name} must be an array of real numbers ({error})") from None
+    dtype = jnp.result_type(a) if isinstance(a, jax.Array | jax.core.Tracer) else a.dtype
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(f"{where}{name} is complex ({dtype}); least squares needs real data: "
+                        f"fit the real and imaginary parts as separate points")
+    if not (jnp.issubdtype(dtype, jnp.number) or dtype == np.bool_):
+        raise TypeError(f"{where}{name} must hold real numbers, got dtype {dtype}")
+    return a
+
+
+def float_dtype(p0: PyTree, y) -> np.dtype:
+    """The dtype the fit computes in: float64 or float32 from p0 and y (half precision and
+    integers are promoted: float16 cannot hold J^T J of any real problem)."""
+    dtype = jnp.result_type(*jax.tree.leaves(p0), y)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(dtype, float)
+    if jnp.finfo(dtype).bits < 32:
+        dtype = jnp.dtype(jnp.float32)
+    return dtype
+
+
+def check_params(name: str, p0: PyTree) -> tuple[PyTree, int]:
+    """p0 with native leaves, and its number of parameters."""
+    p0 = jax.tree.map(lambda a: real_array(name, a), p0)
+    leaves = jax.tree.leaves(p0)
+    if not leaves:
+        raise ValueError(f"{name} has no parameters")
+    for leaf in leaves:
+        if jnp.result_type(leaf) == jnp.bool_:
+            raise TypeError(f"{name} must contain numbers, got a bool array")
+    return p0, sum(int(np.size(leaf)) for leaf in leaves)
+
+
+def check_bounds(bounds, p0: PyTree) -> tuple | None:
+    """`bounds` as `(lower, upper)`, each a scalar, a flat (p,) array or a pytree like p0.
+
+    A side given as None is unbounded (scipy's -inf/inf). Wrong lengths, missing
+    pytree keys and None inside a side are refused with the argument named.
+    """
+    if bounds is None:
+        return None
+    if not (isinstance(bounds, tuple | list) and len(bounds) == 2):
+        raise ValueError("bounds must be a pair (lower, upper) or None, got "
+                         f"{type(bounds).__name__}")
+    p = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(p0))
+    return tuple(_check_side(side, p0, p, name, fill)
+                 for side, name, fill in zip(bounds, ("lower", "upper"), (-np.inf, np.inf),
+                                             strict=True))
+
+
+def _check_side(side, p0: PyTree, p: int, name: str, fill: float):
+    if side is None:
+        return fill
+    structure = jax.tree.structure(p0)
+    if jax.tree.structure(side) == structure and all(
+            _broadcasts(b, leaf) for b, leaf in zip(jax.tree.leaves(side),
+                                                    jax.tree.leaves(p0), strict=True)):
+        return jax.tree.map(lambda b: real_array(f"bounds ({name})", b), side)
+    if isinstance(side, dict) or any(leaf is None for leaf in _flat(side)):
+        keys = sorted(side) if isinstance(side, dict) else None
+        raise ValueError(f"bounds ({name}) must be a scalar, a flat sequence of the p = {p} "
+                         f"parameters, or a pytree shaped like p0 (use -inf/inf, not None, "
+                         f"for an unbounded parameter); got {type(side).__name__}"
+                         + (f" with keys {keys}, p0 is {structure}" if keys else ""))
+    side = real_array(f"bounds ({name})", side)
+    if np.size(side) not in (1, p) or np.ndim(side) > 1:
+        raise ValueError(f"bounds ({name}) has shape {np.shape(side)}: give a scalar or p = {p} "
+                         f"values, one per parameter")
+    return side
+
+
+def _broadcasts(b, leaf) -> bool:
+    try:
+        return np.broadcast_shapes(np.shape(b), np.shape(leaf)) == np.shape(leaf)
+    except ValueError:
+        return False
+
+
+def _flat(side) -> list:
+    if isinstance(side, list | tuple):
+        return [v for item in side for v in _flat(item)]
+    return [side]
+
+
+def check_finite(name: str, a) -> None:
+    a = np.asarray(a)
+    if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
+        bad = int(np.size(a) - np.sum(np.isfinite(a)))
+        raise ValueError(f"{name} contains NaN or Inf ({bad} values); clean the data or "
+                         f"pass check_finite=False")
+
+
+def concrete(*trees) -> bool:
+    return not any(isinstance(a, jax.core.Tracer) for t in trees for a in jax.tree.leaves(t))
+
+
+def check_model(model: Callable, p0: PyTree, x: PyTree, size: int, args: PyTree
+                ) -> tuple[_model.Bound, list]:
+    """The model as a static `Bound` plus its arrays, after checking what it returns on a
+    chunk of `size` points: one real value per point."""
+    if not callable(model):
+        raise TypeError(f"model must be callable as model(params, x), got "
+                        f"{type(model).__name__}")
+    chunk = jax.tree.map(lambda a: jax.ShapeDtypeStruct((size, *np.shape(a)[1:]),
+                                                        jnp.result_type(a)), x)
+    params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), p0)
+    try:
+        key, arrays, out = _model.split(model, params, chunk, args)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError,
+            jax.errors.TracerBoolConversionError) as error:
+        raise TypeError(f"model could not be traced by JAX ({type(error).__name__}); write it "
+                        f"with jax.numpy and without Python control flow on the parameters"
+                        ) from error
+    if not isinstance(out, jax.ShapeDtypeStruct) or tuple(out.shape) != (size,):
+        shape = out.shape if isinstance(out, jax.ShapeDtypeStruct) else type(out).__name__
+        raise ValueError(f"model(params, x) must return one value per point: for a chunk of "
+                         f"{size} points it returned shape {shape}")
+    if jnp.issubdtype(out.dtype, jnp.complexfloating):
+        raise TypeError(f"model returns complex values ({out.dtype}); least squares needs real "
+                        f"residuals: return the real and imaginary parts as separate points")
+    return _model.Bound(key, args is not None), arrays
+
+
+class Inputs(NamedTuple):
+    """One problem's arguments after checking: what the jitted drivers receive."""
+
+    model: _model.Bound  # static
+    p0: PyTree
+    x: PyTree
+    y: jax.Array | np.ndarray
+    sigma: jax.Array | np.ndarray | None
+    bounds: tuple | None
+    model_args: tuple  # (the model's arrays, the user's args)
+    mask: jax.Array | np.ndarray | None
+
+
+def check_fit(model: Callable, p0: PyTree, x: PyTree, y, sigma, bounds, check_values: bool,
+              config: Config, args: PyTree = None, mask=None, n_points: int | None = None
+              ) -> Inputs:
+    """Check and convert the arguments of one fit; `n_points` is the size of the whole
+    data when `x` and `y` are only its first block (streaming)."""
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a hybrid_gn.Config, got {type(config).__name__}")
+    p0, p = check_params("p0", p0)
+    x = native_tree(x)
+    y = real_array("y", y)
+    sigma = None if sigma is None else real_array("sigma", sigma)
+    args = jax.tree.map(native, args)
+    n = _check_shapes(x, y, sigma, mask, p)
+    bounds = check_bounds(bounds, p0)
+    # the model is traced on a chunk of the fit's chunk size (of the whole data when it is
+    # streamed: not of the block at hand, so the fingerprint is the same for any block size)
+    size = min(config.chunk_size, n if n_points is None else n_points)
+    bound_model, arrays = check_model(model, p0, x, size, args)
+    inputs = Inputs(bound_model, p0, x, y, sigma, bounds, (arrays, args), mask)
+    if concrete(p0, x, y, sigma, bounds, mask):
+        _check_values(inputs, p, check_values, config)
+    return inputs
+
+
+def _check_shapes(x, y, sigma, mask, p: int) -> int:
+    if np.ndim(y) != 1:
+        raise ValueError(f"y must be 1-D of shape (n,), got shape {np.shape(y)}")
+    n = np.shape(y)[0]
+    if n == 0:
+        raise ValueError("y is empty: there are no data points")
+    if not jax.tree.leaves(x):
+        raise ValueError(f"x is empty: give the independent variable(s), an array with "
+                         f"leading axis n = {n}")
+    for leaf in jax.tree.leaves(x):
+        if np.ndim(leaf) == 0 or np.shape(leaf)[0] != n:
+            raise ValueError(
+                f"x and y disagree: x has an array of shape {np.shape(leaf)}, whose "
+                f"leading axis must equal len(y) = {n}")
+    if sigma is not None and np.shape(sigma) != (n,):
+        raise ValueError(f"sigma must have shape (n,) = ({n},), got {np.shape(sigma)}")
+    if mask is not None and (np.shape(mask) != (n,) or jnp.result_type(mask) != jnp.bool_):
+        raise ValueError(f"mask must be a bool array of shape (n,) = ({n},), got "
+                         f"{jnp.result_type(mask)} of shape {np.shape(mask)}")
+    if n < p:
+        raise ValueError(f"too few data points: y has n = {n} points, fewer than the p = {p} "
+                         f"parameters of p0")
+    return n
+
+
+def _check_values(inputs: Inputs, p: int, check_values: bool, config: Config) -> None:
+    _, p0, x, y, sigma, bounds, _, mask = inputs
+    n = np.shape(y)[0]
+    used = np.ones(n, bool) if mask is None else np.asarray(mask)
+    n_used = int(np.sum(used))
+    if n_used < p:
+        raise ValueError(f"too few data points: mask leaves {n_used} points, fewer than the "
+                         f"p = {p} parameters of p0")
+    if check_values:
+        check_finite("y", np.asarray(y)[used])
+        for leaf in jax.tree.leaves(x):
+            check_finite("x", np.asarray(leaf)[used])
+        if sigma is not None:
+            check_finite("sigma", np.asarray(sigma)[used])
+        for leaf in jax.tree.leaves(p0):
+            check_finite("p0", leaf)
+    if sigma is not None and not np.all(np.asarray(sigma)[used] > 0):
+        raise ValueError("sigma must be strictly positive")
+    check_start(p0, bounds, config, float_dtype(p0, y))
+
+
+def check_start(p0: PyTree, bounds, config: Config, dtype) -> None:
+    """lb < ub, no NaN bounds, p0 inside them, and finite bounds where normalization needs
+    them (concrete values only)."""
+    from .problem import flat_bounds
+
+    with jax.ensure_compile_time_eval():  # concrete values even under an outer jit
+        theta0 = np.asarray(ravel_pytree(jax.tree.map(lambda a: jnp.asarray(a, dtype), p0))[0])
+        lb, ub = (np.asarray(b) for b in flat_bounds(bounds, p0, dtype))
+    if np.any(np.isnan(lb)) or np.any(np.isnan(ub)):
+        raise ValueError("bounds contain NaN")
+    if np.any(lb >= ub):
+        i = int(np.argmax(lb >= ub))
+        raise ValueError(f"each lower bound must be strictly less than its upper bound: "
+                         f"parameter {i} has lower {lb[i]} >= upper {ub[i]}")
+    outside = (theta0 < lb) | (theta0 > ub)
+    if np.any(outside):
+        i = int(np.argmax(outside))
+        raise ValueError(f"p0 is outside the bounds: parameter {i} = {theta0[i]} is not "
+                         f"in [{lb[i]}, {ub[i]}]")
+    if config.normalization == "bounds" and not (np.all(np.isfinite(lb)) and
+                                                 np.all(np.isfinite(ub))):
+        raise ValueError("normalization='bounds' needs finite lower and upper bounds")
