@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
 
@@ -296,6 +297,10 @@ def check_block(source: ChunkSource, block: Block, index: int, start: int,
         if leaf.ndim == 0 or leaf.shape[0] != m:
             raise ValueError(f"{where}: {source.describe('x')} has shape {leaf.shape} but "
                              f"{source.describe('y')} has {m} points")
+    for name, a in (("y", block.y), ("sigma", block.sigma)):
+        if a is not None and not _real(a.dtype):
+            raise ValueError(f"{where}: {source.describe(name)} has dtype {a.dtype}; it must "
+                             f"hold real numbers")
     if block.sigma is not None and block.sigma.shape != (m,):
         raise ValueError(f"{where}: {source.describe('sigma')} has shape {block.sigma.shape}, "
                          f"expected ({m},)")
@@ -322,6 +327,11 @@ def check_block(source: ChunkSource, block: Block, index: int, start: int,
         bad = int(np.argmin(block.sigma > 0))
         raise ValueError(f"{where}: {source.describe('sigma')} must be strictly positive "
                          f"(point {start + bad} has {block.sigma[bad]})")
+
+
+def _real(dtype) -> bool:
+    return (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+            or dtype == np.bool_)
 
 
 def _array(a) -> np.ndarray:

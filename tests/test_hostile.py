@@ -441,6 +441,8 @@ def test_half_precision_data_is_fitted_in_float32(dtype):
      "x must have a leading batch axis"),
     (lambda: fit_batch(decay, np.tile(P0, (4, 1)), np.tile(X, (4, 1)),
                        np.tile(Y, (4, 1)).astype(complex)), "y is complex"),
+    (lambda: fit_stream(decay, P0, lambda: iter([(X[:100], Y[:100]), (X[100:], Y[100:] + 0j)]),
+                        **STREAM), r"chunk 1 \(points 100 to 199\): y has dtype complex"),
     (lambda: hybrid_gn.fit_multistart(decay, P0, X, Y, key="seed"), "key must be"),
     (lambda: hybrid_gn.fit_multistart(decay, P0, X, Y, key=0,
                                       tournament={"n_candidates": 4}), "tournament must be"),
