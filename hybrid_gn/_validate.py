@@ -265,8 +265,8 @@ def check_start(p0: PyTree, bounds, config: Config, dtype) -> None:
         raise ValueError("bounds contain NaN")
     if np.any(lb >= ub):
         i = int(np.argmax(lb >= ub))
-        raise ValueError(f"each lower bound must be strictly less than its upper bound: "
-                         f"parameter {i} has lower {lb[i]} >= upper {ub[i]}")
+        raise ValueError(f"bounds: each lower bound must be strictly less than its upper "
+                         f"bound: parameter {i} has lower {lb[i]} >= upper {ub[i]}")
     outside = (theta0 < lb) | (theta0 > ub)
     if np.any(outside):
         i = int(np.argmax(outside))
