@@ -66,6 +66,12 @@ class Config(eqx.Module):
     xtol: float | None = None  # relative step; None: sqrt(eps) / 100 of the dtype
     gtol: float | None = None  # max gradient cosine; None: 10 eps of the dtype
     initial_radius: float = 1.0  # times max(|u0|, 1), normalized units
+    # a start whose relative loss (RSS over the total sum of squares, 1 - R^2) is above
+    # poor_start_threshold explains less than half of the data: its linear model is trusted
+    # only in a region of poor_start_radius (if smaller than initial_radius) until steps
+    # prove it, so that a first step does not leap into another basin (see gauss_newton.py)
+    poor_start_threshold: float = 0.5
+    poor_start_radius: float = 0.03
     radius_shrink: float = 0.5  # on a poor step the radius becomes this times its norm
     qr_condition: float | None = None  # auto factorization; None: eps^(-1/4) of the dtype
     accept_ratio: float = 1e-4  # accept a step when actual/predicted reduction exceeds this
@@ -89,14 +95,15 @@ class Config(eqx.Module):
             raise ValueError(
                 f"warmup_max_points must be >= 1 or None, got {self.warmup_max_points}")
         for name in ("ftol", "xtol", "gtol", "warm_start_threshold", "cost_increase_tol",
-                     "plateau_rtol", "warmup_gtol"):
+                     "plateau_rtol", "warmup_gtol", "poor_start_threshold"):
             value = getattr(self, name)
             if isinstance(value, numbers.Real) and not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if isinstance(self.radius_shrink, numbers.Real) and not 0 < self.radius_shrink < 1:
             raise ValueError(f"radius_shrink must be in (0, 1), got {self.radius_shrink!r}")
         for name in ("first_step_refine", "first_step_careful", "first_step_explore",
-                     "max_update_norm", "grad_clip_norm", "initial_radius"):
+                     "max_update_norm", "grad_clip_norm", "initial_radius",
+                     "poor_start_radius"):
             value = getattr(self, name)
             if isinstance(value, numbers.Real) and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")

@@ -40,14 +40,29 @@ class PipelineState(eqx.Module):
     trace: Trace
 
 
-def relative_loss(residual: ResidualFn, u, data: Data) -> Float[Array, ""]:
-    """Weighted RSS at `u` over the weighted total sum of squares of `y`."""
+def total_cost(data: Data) -> Float[Array, ""]:
+    """Half the weighted total sum of squares of `y`: the cost of its weighted mean."""
     w2 = data.weight**2
     y_mean = jnp.sum(w2 * data.y) / jnp.sum(w2)
-    total = 0.5 * jnp.sum(w2 * (data.y - y_mean) ** 2)
-    rss = accumulate.cost(residual, u, data)
-    return jnp.where(total > 0, rss / jnp.where(total > 0, total, 1),
-                     jnp.where(rss > 0, jnp.inf, 0))
+    return 0.5 * jnp.sum(w2 * (data.y - y_mean) ** 2)
+
+
+def relative(cost, total) -> Float[Array, ""]:
+    """`cost` over `total` (`total_cost`); inf for a cost above a zero total."""
+    return jnp.where(total > 0, cost / jnp.where(total > 0, total, 1),
+                     jnp.where(cost > 0, jnp.inf, 0))
+
+
+def relative_loss(residual: ResidualFn, u, data: Data) -> Float[Array, ""]:
+    """Weighted RSS at `u` over the weighted total sum of squares of `y`."""
+    return relative(accumulate.cost(residual, u, data), total_cost(data))
+
+
+def gauss_newton_start(ws: WarmupState, sample: Data, config: Config) -> GaussNewtonState:
+    """Gauss-Newton's state at the warmup's best point, its first radius set by the
+    relative loss there (the warmup loss is the mean cost over `sample`)."""
+    rel = relative(ws.best_loss * jnp.sum(sample.weight > 0), total_cost(sample))
+    return gauss_newton.init(ws.best_u, rel, config)
 
 
 def report(phase, iteration, cost, grad_norm, radius) -> None:
@@ -90,7 +105,7 @@ def phases(residual: ResidualFn, lower, upper, data: Data, config: Config) -> Ph
         return PipelineState(
             phase=jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32),
             warmup=ws,
-            gauss_newton=gauss_newton.init(ws.best_u, config),
+            gauss_newton=gauss_newton_start(ws, sample, config),
             trace=Trace(nan, nan, nan, jnp.zeros(length, jnp.int32), jnp.asarray(0)))
 
     def record(trace: Trace, phase, cost, grad_norm, radius) -> Trace:
@@ -106,7 +121,7 @@ def phases(residual: ResidualFn, lower, upper, data: Data, config: Config) -> Ph
         if config.progress:  # static: without it no callback is compiled in
             jax.debug.callback(report, Phase.WARMUP, trace.length, ws.loss,
                                jnp.linalg.norm(ws.grad), jnp.nan)
-        return PipelineState(phase, ws, gauss_newton.init(ws.best_u, config), trace)
+        return PipelineState(phase, ws, gauss_newton_start(ws, sample, config), trace)
 
     def gauss_newton_step(s: PipelineState) -> PipelineState:
         gs = gauss_newton.update(s.gauss_newton, evaluate, lower, upper, config)

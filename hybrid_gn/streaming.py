@@ -276,7 +276,7 @@ def _start(fixed: _Fixed, sample: Data, n_points: int) -> PipelineState:
     nan = jnp.full(config.trace_length, jnp.nan, u0.dtype)
     return _strong(PipelineState(
         phase=jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32),
-        warmup=ws, gauss_newton=gauss_newton.init(ws.best_u, config),
+        warmup=ws, gauss_newton=pipeline.gauss_newton_start(ws, sample, config),
         trace=Trace(nan, nan, nan, jnp.zeros(config.trace_length, jnp.int32), jnp.asarray(0))))
 
 
@@ -288,7 +288,7 @@ def _warmup_step(fixed: _Fixed, sample: Data, s: PipelineState) -> PipelineState
                        config)
     phase = jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32)
     trace = _record(s.trace, Phase.WARMUP, ws.loss, jnp.linalg.norm(ws.grad), jnp.nan)
-    return _strong(PipelineState(phase, ws, gauss_newton.init(ws.best_u, config), trace))
+    return _strong(PipelineState(phase, ws, pipeline.gauss_newton_start(ws, sample, config), trace))
 
 
 @_jit
