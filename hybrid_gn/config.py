@@ -66,11 +66,14 @@ class Config(eqx.Module):
     xtol: float | None = None  # relative step; None: sqrt(eps) / 100 of the dtype
     gtol: float | None = None  # max gradient cosine; None: 10 eps of the dtype
     initial_radius: float = 1.0  # times max(|u0|, 1), normalized units
-    # a start whose relative loss (RSS over the total sum of squares, 1 - R^2) is above
-    # poor_start_threshold explains less than half of the data: its linear model is trusted
-    # only in a region of poor_start_radius (if smaller than initial_radius) until steps
-    # prove it, so that a first step does not leap into another basin (see gauss_newton.py)
-    poor_start_threshold: float = 0.5
+    # a poor start: the shape of its prediction f is wrong (1 - corr(f, y)^2, the relative
+    # loss left after the best a f + b, above poor_shape_threshold) or its relative loss
+    # (RSS over the total sum of squares, 1 - R^2) is above poor_loss_threshold. Its linear
+    # model is trusted only in a region of poor_start_radius (if smaller than
+    # initial_radius) until steps prove it, so that a first step does not leap into
+    # another basin (see gauss_newton.py)
+    poor_shape_threshold: float = 0.2
+    poor_loss_threshold: float = 3.0
     poor_start_radius: float = 0.03
     radius_shrink: float = 0.5  # on a poor step the radius becomes this times its norm
     qr_condition: float | None = None  # auto factorization; None: eps^(-1/4) of the dtype
@@ -95,7 +98,8 @@ class Config(eqx.Module):
             raise ValueError(
                 f"warmup_max_points must be >= 1 or None, got {self.warmup_max_points}")
         for name in ("ftol", "xtol", "gtol", "warm_start_threshold", "cost_increase_tol",
-                     "plateau_rtol", "warmup_gtol", "poor_start_threshold"):
+                     "plateau_rtol", "warmup_gtol", "poor_shape_threshold",
+                     "poor_loss_threshold"):
             value = getattr(self, name)
             if isinstance(value, numbers.Real) and not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
