@@ -208,10 +208,11 @@ def cost(residual: ResidualFn, u, data: Data) -> Float[Array, ""]:
         r = residual(u, x, y, w)
         return 0.5 * jnp.dot(r, r, precision=_HIGHEST)
 
-    return _sum_over_chunks(one_chunk, data.n_chunks)
+    return sum_over_chunks(one_chunk, data.n_chunks)
 
 
-def _sum_over_chunks(one_chunk, n_chunks: int):
+def sum_over_chunks(one_chunk, n_chunks: int):
+    """The sum of `one_chunk(i)` (a pytree of arrays) over the chunks i of the data."""
     if n_chunks == 1:
         return one_chunk(0)
 

@@ -84,24 +84,23 @@ def _batch_bounds(bounds, p0, batch: int) -> tuple | None:
         raise ValueError("bounds must be a pair (lower, upper) or None")
     p = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(one))
 
-    def per_problem(side) -> bool:
+    def as_batched(side):
+        """`side` as per-problem bounds, or None where it is one box for every problem."""
         if side is None:
-            return False
+            return None
         if jax.tree.structure(side) == jax.tree.structure(p0) and all(
                 np.shape(b) == np.shape(a)
                 for b, a in zip(jax.tree.leaves(side), jax.tree.leaves(p0), strict=True)):
-            return True
-        return np.ndim(side) == 2 and np.shape(side) == (batch, p)
+            return jax.tree.map(native, side)
+        if np.ndim(side) == 2 and np.shape(side) == (batch, p):
+            return native(side)
+        return None
 
-    if not any(per_problem(side) for side in bounds):
-        return _broadcast(check_bounds(bounds, one), batch)
-    sides = []
-    for side, fill in zip(bounds, (-np.inf, np.inf), strict=True):
-        if not per_problem(side):
-            pair = (side, None) if fill < 0 else (None, side)
-            side = _broadcast(check_bounds(pair, one)[int(fill > 0)], batch)
-        sides.append(jax.tree.map(native, side))
-    return tuple(sides)
+    batched = [as_batched(side) for side in bounds]
+    checked = check_bounds(tuple(side if b is None else None
+                                 for side, b in zip(bounds, batched, strict=True)), one)
+    return tuple(_broadcast(shared, batch) if b is None else b
+                 for b, shared in zip(batched, checked, strict=True))
 
 
 def _broadcast(tree, batch: int):
@@ -138,8 +137,8 @@ def _check_problems(p0, x, y, sigma, bounds, mask, check_finite: bool) -> None:
         lb, ub = (np.asarray(b) for b in jax.vmap(
             lambda p, b: flat_bounds(b, p, theta0.dtype))(p0, bounds))
         first(np.any(np.isnan(lb) | np.isnan(ub), axis=1), "bounds contain NaN")
-        first(np.any(lb >= ub, axis=1), "each lower bound must be strictly less than its upper "
-                                        "bound")
+        first(np.any(lb >= ub, axis=1), "bounds: each lower bound must be strictly less than "
+                                        "its upper bound")
         first(np.any((theta0 < lb) | (theta0 > ub), axis=1), "p0 is outside the bounds")
 
 

@@ -68,6 +68,15 @@ class Config(eqx.Module):
     xtol: float | None = None  # relative step; None: sqrt(eps) / 100 of the dtype
     gtol: float | None = None  # max gradient cosine; None: 10 eps of the dtype
     initial_radius: float = 1.0  # times max(|u0|, 1), normalized units
+    # a poor start: the shape of its prediction f is wrong (1 - corr(f, y)^2, the relative
+    # loss left after the best a f + b, above poor_shape_threshold) or its relative loss
+    # (RSS over the total sum of squares, 1 - R^2) is above poor_loss_threshold. Its linear
+    # model is trusted only in a region of poor_start_radius (if smaller than
+    # initial_radius) until steps prove it, so that a first step does not leap into
+    # another basin (see gauss_newton.py)
+    poor_shape_threshold: float = 0.2
+    poor_loss_threshold: float = 3.0
+    poor_start_radius: float = 0.03
     radius_shrink: float = 0.5  # on a poor step the radius becomes this times its norm
     qr_condition: float | None = None  # auto factorization; None: eps^(-1/4) of the dtype
     accept_ratio: float = 1e-4  # accept a step when actual/predicted reduction exceeds this
@@ -117,9 +126,10 @@ _INTS = {"chunk_size": 1, "warmup_linesearch_steps": 1, "warmup_memory": 1, "max
          "trace_length": 1, "warmup_max_iter": 0, "warmup_min_iter": 0, "plateau_patience": 1,
          "max_radius_resets": 0, "warmup_max_points": None}
 _NON_NEGATIVE = ("ftol", "xtol", "gtol", "warm_start_threshold", "cost_increase_tol",
-                 "plateau_rtol", "warmup_gtol", "refine_threshold", "explore_threshold")
+                 "plateau_rtol", "warmup_gtol", "refine_threshold", "explore_threshold",
+                 "poor_shape_threshold", "poor_loss_threshold")
 _POSITIVE = ("first_step_refine", "first_step_careful", "first_step_explore", "max_update_norm",
-             "grad_clip_norm", "initial_radius")
+             "grad_clip_norm", "initial_radius", "poor_start_radius")
 
 
 def _check_ints(config: Config) -> None:

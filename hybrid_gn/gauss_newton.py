@@ -13,6 +13,22 @@ component and the residual. The region is a ball in
 normalized coordinates: phase 0 already puts the parameters on a common
 scale, which (unlike Jacobian-column scaling) does not drift with the
 iterate.
+
+The first radius depends on how well the start fits. From a poor start (the
+shape of its prediction is wrong, or it is far off the data: see
+`Config.poor_shape_threshold`, `pipeline.start_fit`) the linear model is
+poor, yet a long Gauss-Newton step can still lower the cost: the ratio test
+accepts it, and the fit goes on in whatever basin the leap landed in. On sums
+of peaks, damped sinusoids and sums of exponentials a full first radius made
+the default stop at a worse stationary point than scipy's `trf` from the same
+start in up to a third of random starts (`benchmarks/bench_multipeak.py`).
+Such a start gets the small region `poor_start_radius`, which grows (doubles)
+with each step that proves the model, so the path follows the local descent,
+for a few extra iterations (about log2 of the ratio of the radii); a good
+start keeps `initial_radius` and pays nothing. Growing the small region
+faster (x4), or keeping it for one step only, lost much or all of the gain.
+Running the L-BFGS warmup from such starts helped less on the same problems,
+and would compile a warmup loop into every fit of small data.
 """
 
 from __future__ import annotations
@@ -48,13 +64,14 @@ class GaussNewtonState(eqx.Module):
         return self.status == Status.RUNNING
 
 
-def init(u0: Float[Array, " p"], config: Config) -> GaussNewtonState:
-    """A state whose first update evaluates `u0` (no step is taken)."""
+def init(u0: Float[Array, " p"], poor, config: Config) -> GaussNewtonState:
+    """A state whose first update evaluates `u0` (no step is taken); a `poor` start
+    (`pipeline.poor_start`) gets the small first radius."""
     p = u0.shape[0]
     zero = jnp.zeros((), u0.dtype)
     model = Linearization(jnp.zeros((p, p), u0.dtype), jnp.zeros_like(u0), zero)
     return GaussNewtonState(u=u0, model=model, use_qr=jnp.asarray(config.factorization == "qr"),
-                            radius=zero,
+                            radius=first_radius(u0, poor, config),
                             iteration=jnp.asarray(0), resets=jnp.asarray(0),
                             started=jnp.asarray(False), status=jnp.asarray(Status.RUNNING))
 
@@ -76,6 +93,14 @@ def gradient_cosine(model: Linearization, free) -> Float[Array, ""]:
 
 def _initial_radius(u, config: Config):
     return config.initial_radius * jnp.maximum(jnp.linalg.norm(u), 1)
+
+
+def first_radius(u0, poor, config: Config) -> Float[Array, ""]:
+    """The radius of the first step: `initial_radius`, or the smaller `poor_start_radius`
+    from a `poor` start (see the module docstring); both times max(|u0|, 1)."""
+    factor = jnp.where(poor, jnp.minimum(config.poor_start_radius, config.initial_radius),
+                       config.initial_radius)
+    return (factor * jnp.maximum(jnp.linalg.norm(u0), 1)).astype(u0.dtype)
 
 
 def rcond(use_qr, p: int, dtype) -> Float[Array, ""]:
@@ -154,7 +179,7 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Linearization, lo
     grow = (ratio > 0.75) & (step_norm > 0.95 * state.radius)
     radius = jnp.where(shrink, config.radius_shrink * step_norm,
                        jnp.where(grow, jnp.maximum(state.radius, 2 * step_norm), state.radius))
-    radius = jnp.where(state.started, radius, _initial_radius(u, config))
+    radius = jnp.where(state.started, radius, state.radius)  # the first one is set by init
 
     free_next = free_variables(u_next, eq_next.gradient, lower, upper)
     cosine = gradient_cosine(eq_next, free_next)

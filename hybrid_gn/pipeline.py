@@ -40,14 +40,79 @@ class PipelineState(eqx.Module):
     trace: Trace
 
 
-def relative_loss(residual: ResidualFn, u, data: Data) -> Float[Array, ""]:
-    """Weighted RSS at `u` over the weighted total sum of squares of `y`."""
+def total_cost(data: Data) -> Float[Array, ""]:
+    """Half the weighted total sum of squares of `y`: the cost of its weighted mean."""
     w2 = data.weight**2
     y_mean = jnp.sum(w2 * data.y) / jnp.sum(w2)
-    total = 0.5 * jnp.sum(w2 * (data.y - y_mean) ** 2)
-    rss = accumulate.cost(residual, u, data)
-    return jnp.where(total > 0, rss / jnp.where(total > 0, total, 1),
-                     jnp.where(rss > 0, jnp.inf, 0))
+    return 0.5 * jnp.sum(w2 * (data.y - y_mean) ** 2)
+
+
+def relative(cost, total) -> Float[Array, ""]:
+    """`cost` over `total` (`total_cost`); inf for a cost above a zero total."""
+    return jnp.where(total > 0, cost / jnp.where(total > 0, total, 1),
+                     jnp.where(cost > 0, jnp.inf, 0))
+
+
+def relative_loss(residual: ResidualFn, u, data: Data) -> Float[Array, ""]:
+    """Weighted RSS at `u` over the weighted total sum of squares of `y`."""
+    return relative(accumulate.cost(residual, u, data), total_cost(data))
+
+
+class StartFit(NamedTuple):
+    """How well the model at a point explains the data (weighted)."""
+
+    relative: Float[Array, ""]  # RSS over the total sum of squares: 1 - R^2
+    shape: Float[Array, ""]  # 1 - corr(f, y)^2: the same after the best a * f + b
+
+
+def start_fit(residual: ResidualFn, u, data: Data) -> StartFit:
+    """`StartFit` of the prediction f at `u`, in one pass over `data`.
+
+    The shape measure ignores what a Gauss-Newton step corrects exactly (the
+    scale and offset of f) and sees what it does not (where the peaks are,
+    how fast things decay). With r = w (f - y) and d = w (y - ybar), the
+    deviations of f from ybar are a = r + d (weighted), so everything is sums
+    over chunks of r, a and d; f is taken about ybar, which keeps the sums
+    well conditioned unless f is far off (and then `relative` is large).
+    """
+    w2 = data.weight**2
+    y_mean = jnp.sum(w2 * data.y) / jnp.sum(w2)
+
+    def one_chunk(i):
+        x, y, w = data.chunk(i)
+        r = residual(u, x, y, w)
+        d = w * (y - y_mean)
+        a = r + d
+        pairs = ((w, w), (w, a), (w, d), (a, a), (d, d), (a, d), (r, r))
+        return jnp.stack([jnp.sum(left * right) for left, right in pairs])
+
+    w2_sum, a_sum, d_sum, aa, dd, ad, rr = accumulate.sum_over_chunks(one_chunk, data.n_chunks)
+    var_f = aa - a_sum**2 / w2_sum
+    var_y = dd - d_sum**2 / w2_sum
+    cov = ad - a_sum * d_sum / w2_sum
+    both = (var_f > 0) & (var_y > 0)
+    shape = jnp.where(both, 1 - cov**2 / jnp.where(both, var_f * var_y, 1), 1)
+    return StartFit(relative(0.5 * rr, 0.5 * dd), jnp.clip(shape, 0, 1))
+
+
+def poor_start(fit: StartFit, config: Config):
+    """Whether Gauss-Newton starts with `poor_start_radius` (see gauss_newton.py)."""
+    return (fit.shape > config.poor_shape_threshold) | (
+        fit.relative > config.poor_loss_threshold)
+
+
+def gauss_newton_start(residual: ResidualFn, u, sample: Data, config: Config
+                       ) -> GaussNewtonState:
+    """Gauss-Newton's state at `u`, its first radius set by the fit there on `sample`."""
+    return gauss_newton.init(u, poor_start(start_fit(residual, u, sample), config), config)
+
+
+def handed_over(residual: ResidualFn, ws: WarmupState, gs: GaussNewtonState, sample: Data,
+                config: Config) -> GaussNewtonState:
+    """`gs` while the warmup runs; Gauss-Newton's start at its best point once it stops
+    (under vmap both are computed: one more evaluation on the sample per warmup step)."""
+    return jax.lax.cond(ws.running, lambda: gs,
+                        lambda: gauss_newton_start(residual, ws.best_u, sample, config))
 
 
 def report(phase, iteration, cost, grad_norm, radius) -> None:
@@ -85,12 +150,13 @@ def phases(residual: ResidualFn, lower, upper, data: Data, config: Config) -> Ph
     length = config.trace_length
 
     def start(u0) -> PipelineState:
-        ws = warmup.init(u0, loss, relative_loss(residual, u0, sample), config, data.n)
+        fit = start_fit(residual, u0, sample)
+        ws = warmup.init(u0, loss, fit.relative, config, data.n)
         nan = jnp.full(length, jnp.nan, u0.dtype)
         return PipelineState(
             phase=jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32),
             warmup=ws,
-            gauss_newton=gauss_newton.init(ws.best_u, config),
+            gauss_newton=gauss_newton.init(u0, poor_start(fit, config), config),
             trace=Trace(nan, nan, nan, jnp.zeros(length, jnp.int32), jnp.asarray(0)))
 
     def record(trace: Trace, phase, cost, grad_norm, radius) -> Trace:
@@ -106,7 +172,8 @@ def phases(residual: ResidualFn, lower, upper, data: Data, config: Config) -> Ph
         if config.progress:  # static: without it no callback is compiled in
             jax.debug.callback(report, Phase.WARMUP, trace.length, ws.loss,
                                jnp.linalg.norm(ws.grad), jnp.nan)
-        return PipelineState(phase, ws, gauss_newton.init(ws.best_u, config), trace)
+        return PipelineState(phase, ws, handed_over(residual, ws, s.gauss_newton, sample, config),
+                             trace)
 
     def gauss_newton_step(s: PipelineState) -> PipelineState:
         gs = gauss_newton.update(s.gauss_newton, evaluate, lower, upper, config)

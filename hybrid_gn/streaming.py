@@ -178,12 +178,12 @@ class _Run:
         with contextlib.closing(_pass(self.source, self.chunk_size, self.dtype,
                                       self.check_finite, self.prefetch)) as chunks:
             for chunk in chunks:
-                previous = acc
+                previous = (acc, digest)
                 if fold is not None:
                     acc = _fold(self.fixed, fold[0], acc, chunk.x, chunk.y, chunk.weight)
                 digest = _digest.fold(digest, chunk.start, chunk.x, chunk.y, chunk.weight)
                 if self.prefetch == 0:  # strictly in turn: read, then compute
-                    jax.block_until_ready(digest)
+                    jax.block_until_ready((acc, digest))
                 else:  # at most one chunk queued behind the running one
                     jax.block_until_ready(previous)
                 seen += chunk.n_valid
@@ -361,12 +361,12 @@ def _start(fixed: _Fixed, sample: Data, n_points: int) -> PipelineState:
     TRACE_COUNTS["start"] += 1
     problem, config = fixed.problem(), fixed.config
     u0 = problem.u0
-    ws = warmup.init(u0, _warmup_loss(fixed, sample),
-                     pipeline.relative_loss(fixed.residual(), u0, sample), config, n_points)
+    fit = pipeline.start_fit(fixed.residual(), u0, sample)
+    ws = warmup.init(u0, _warmup_loss(fixed, sample), fit.relative, config, n_points)
     nan = jnp.full(config.trace_length, jnp.nan, u0.dtype)
     return _strong(PipelineState(
         phase=jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32),
-        warmup=ws, gauss_newton=gauss_newton.init(ws.best_u, config),
+        warmup=ws, gauss_newton=gauss_newton.init(u0, pipeline.poor_start(fit, config), config),
         trace=Trace(nan, nan, nan, jnp.zeros(config.trace_length, jnp.int32), jnp.asarray(0))))
 
 
@@ -378,7 +378,8 @@ def _warmup_step(fixed: _Fixed, sample: Data, s: PipelineState) -> PipelineState
                        config)
     phase = jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32)
     trace = _record(s.trace, Phase.WARMUP, ws.loss, jnp.linalg.norm(ws.grad), jnp.nan)
-    return _strong(PipelineState(phase, ws, gauss_newton.init(ws.best_u, config), trace))
+    gs = pipeline.handed_over(fixed.residual(), ws, s.gauss_newton, sample, config)
+    return _strong(PipelineState(phase, ws, gs, trace))
 
 
 @_jit

@@ -368,8 +368,9 @@ def test_nan_trial_is_rejected_and_fit_reaches_closed_form():
     """A Gauss-Newton trial in the NaN region is rejected: the fit still succeeds, its cost
     and accepted trace are finite (and non-increasing), and the params equal the closed form
     t = sqrt(c), b from the linear least-squares fit of c + b x. Warmup is off and the initial
-    radius wide so the first full GN step really enters the NaN region (checked)."""
-    config = hybrid_gn.Config(warmup=False, initial_radius=100.0)
+    radius wide, for this poor start too, so the first full GN step really enters the NaN
+    region (checked)."""
+    config = hybrid_gn.Config(warmup=False, initial_radius=100.0, poor_start_radius=100.0)
     EVALUATED.clear()
     result = hybrid_gn.fit(nan_model, jnp.array([0.1, 0.0]), NAN_X, NAN_Y, config=config)
     evaluated = evaluated_points()

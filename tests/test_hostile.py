@@ -474,6 +474,11 @@ def test_fit_batch_with_per_problem_bounds_equals_solo_fits():
         solo = fit(decay, start[b], X, Y, bounds=(lower[b], upper[b]))
         close(batch.params[b], solo.params, 1e-9)
     assert batch.params[1, 1] == pytest.approx(1.5)  # held at its own lower bound
+    # per-problem lower bounds as nested lists, one shared upper bound
+    mixed = fit_batch(decay, start, np.tile(X, (3, 1)), np.tile(Y, (3, 1)),
+                      bounds=(lower.tolist(), 10.0))
+    for b in range(3):
+        close(mixed.params[b], fit(decay, start[b], X, Y, bounds=(lower[b], 10.0)).params, 1e-9)
     with pytest.raises(ValueError, match="problem 2: p0 is outside the bounds"):
         fit_batch(decay, start[[0, 1, 0]], np.tile(X, (3, 1)), np.tile(Y, (3, 1)),
                   bounds=(lower, upper))
@@ -616,3 +621,46 @@ def test_sweep(driver, case):
 @given(case=cases())
 def test_sweep_long(driver, case):
     DRIVERS[driver](case)
+
+
+# ------------------------------------------------------------------------------------------
+# The data digest that ties a checkpoint to its data
+# ------------------------------------------------------------------------------------------
+
+
+def test_digest_is_independent_of_chunking_and_sees_every_change():
+    """Reference: the same digest folded in one chunk; any single changed word, a swap of
+    two points, or a changed column of a 2-D x must change it; padding must not."""
+    from hybrid_gn import _digest
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    x = {"a": rng.standard_normal(n), "b": rng.standard_normal((n, 2)).astype(np.float32)}
+    y, w = rng.standard_normal(n), rng.uniform(0.5, 2.0, n)
+
+    def digest(x, y, w, cuts=(0, n)):
+        d = _digest.empty()
+        for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+            d = _digest.fold(d, lo, jax.tree.map(lambda a, lo=lo, hi=hi: a[lo:hi], x),
+                             y[lo:hi], w[lo:hi])
+        return _digest.text(d)
+
+    whole = digest(x, y, w)
+    assert digest(x, y, w, (0, 7, 600, n)) == whole
+    padded = jax.tree.map(lambda a: np.concatenate([a, a[-3:]]), (x, y))
+    assert digest(*padded, np.concatenate([w, np.zeros(3)]), (0, n + 3)) == whole
+    changes = []
+    for i in (0, 500, n - 1):
+        y2 = y.copy()
+        y2[i] = np.nextafter(y2[i], np.inf)  # one ulp
+        changes.append(digest(x, y2, w))
+        w2 = w.copy()
+        w2[i] *= 2
+        changes.append(digest(x, y, w2))
+        b2 = x["b"].copy()
+        b2[i, 1] += 1
+        changes.append(digest({"a": x["a"], "b": b2}, y, w))
+    swapped = y.copy()
+    swapped[[3, 4]] = swapped[[4, 3]]
+    changes.append(digest(x, swapped, w))
+    assert whole not in changes and len(set(changes)) == len(changes)
