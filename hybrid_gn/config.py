@@ -145,26 +145,32 @@ def _check_ints(config: Config) -> None:
             raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
 
 
+def _real(config: Config, name: str):
+    """The field's value if it is a concrete real number, None if traced or an array."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real | None):
+        if isinstance(value, jax.Array | np.ndarray | jax.core.Tracer):
+            return None  # a traced or array value: checked by the user's own code
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    return value
+
+
 def _check_numbers(config: Config) -> None:
     """Numeric knobs, where concrete (they may be traced or batched)."""
-    def real(name: str):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real | None):
-            if isinstance(value, jax.Array | np.ndarray | jax.core.Tracer):
-                return None  # a traced or array value: checked by the user's own code
-            raise ValueError(f"{name} must be a real number, got {value!r}")
-        return value
-
     for name in _NON_NEGATIVE:
-        value = real(name)
+        value = _real(config, name)
         if value is not None and not value >= 0:
             raise ValueError(f"{name} must be >= 0, got {value!r}")
     for name in _POSITIVE:
-        value = real(name)
+        value = _real(config, name)
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be > 0, got {value!r}")
-    shrink, ratio, condition = (real(n) for n in ("radius_shrink", "accept_ratio",
-                                                  "qr_condition"))
+    _check_ranges(config)
+
+
+def _check_ranges(config: Config) -> None:
+    shrink, ratio, condition = (_real(config, n) for n in ("radius_shrink", "accept_ratio",
+                                                           "qr_condition"))
     if shrink is not None and not 0 < shrink < 1:
         raise ValueError(f"radius_shrink must be in (0, 1), got {shrink!r}")
     if ratio is not None and not 0 <= ratio < 1:
