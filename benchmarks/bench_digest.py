@@ -19,10 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import hybrid_gn  # noqa: F401  (float64 on)
-from hybrid_gn import _digest, accumulate, streaming
+from hybrid_gn import _digest
+from hybrid_gn._config import Config, with_tolerances
+from hybrid_gn._drivers import _stream as streaming
+from hybrid_gn._phases import _accumulate as accumulate
+from hybrid_gn._problem import make_problem
 from hybrid_gn._validate import check_fit
-from hybrid_gn.config import Config, with_tolerances
-from hybrid_gn.problem import make_problem
 
 
 def peak(p, x):

@@ -107,8 +107,8 @@ def _make_runner(method: str, x, y):
 
     if method == "one pass":
         import hybrid_gn
-        from hybrid_gn import accumulate
-        from hybrid_gn.data import make_data
+        from hybrid_gn._data import make_data
+        from hybrid_gn._phases import _accumulate as accumulate
 
         config = hybrid_gn.Config()
 

@@ -116,8 +116,8 @@ def memory(n: int) -> dict:
     import jax.numpy as jnp
 
     import hybrid_gn
-    from hybrid_gn import accumulate
-    from hybrid_gn.data import make_data
+    from hybrid_gn._data import make_data
+    from hybrid_gn._phases import _accumulate as accumulate
 
     x = 10.0 * np.arange(n) / (n - 1)
     y = _truth_curve(x) + NOISE * np.random.default_rng(0).standard_normal(n)

@@ -16,14 +16,14 @@ if "JAX_ENABLE_X64" not in os.environ:
     jax.config.update("jax_enable_x64", True)
 
 from . import sampling, sources  # noqa: E402
-from .api import fit  # noqa: E402
-from .batch import fit_batch  # noqa: E402
-from .checkpoint import CheckpointError  # noqa: E402
-from .config import Config  # noqa: E402
-from .curve_fit import CovarianceWarning, curve_fit  # noqa: E402
-from .multistart import Tournament, fit_multistart  # noqa: E402
-from .result import Phase, Result, Status, Trace, WarmupMode, WarmupReason  # noqa: E402
-from .streaming import fit_stream  # noqa: E402
+from ._config import Config  # noqa: E402
+from ._drivers._batch import fit_batch  # noqa: E402
+from ._drivers._checkpoint import CheckpointError  # noqa: E402
+from ._drivers._curve_fit import CovarianceWarning, curve_fit  # noqa: E402
+from ._drivers._fit import fit  # noqa: E402
+from ._drivers._multistart import Tournament, fit_multistart  # noqa: E402
+from ._drivers._stream import fit_stream  # noqa: E402
+from ._result import Phase, Result, Status, Trace, WarmupMode, WarmupReason  # noqa: E402
 
 __all__ = [
     "CheckpointError",

@@ -20,7 +20,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import PyTree
 
 from . import _model
-from .config import Config
+from ._config import Config
 
 
 def native(a):
@@ -256,7 +256,7 @@ def _check_values(inputs: Inputs, p: int, check_values: bool, config: Config) ->
 def check_start(p0: PyTree, bounds, config: Config, dtype) -> None:
     """lb < ub, no NaN bounds, p0 inside them, and finite bounds where normalization needs
     them (concrete values only)."""
-    from .problem import flat_bounds
+    from ._problem import flat_bounds
 
     with jax.ensure_compile_time_eval():  # concrete values even under an outer jit
         theta0 = np.asarray(ravel_pytree(jax.tree.map(lambda a: jnp.asarray(a, dtype), p0))[0])

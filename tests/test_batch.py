@@ -13,7 +13,7 @@ import pytest
 
 import hybrid_gn
 from hybrid_gn import Config, Status
-from hybrid_gn.batch import fit_batch
+from hybrid_gn._drivers._batch import fit_batch
 
 N = 64
 X = np.linspace(-4.0, 4.0, N)

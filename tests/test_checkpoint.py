@@ -25,7 +25,7 @@ from test_streaming import CONFIG, P0, SIGMA, N, X, Y, peak
 
 import hybrid_gn
 from hybrid_gn import CheckpointError, Config, Phase, fit_stream
-from hybrid_gn import checkpoint as checkpoints
+from hybrid_gn._drivers import _checkpoint as checkpoints
 
 CHUNK = 1024
 

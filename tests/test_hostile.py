@@ -24,7 +24,8 @@ import scipy.optimize
 from hypothesis import HealthCheck, given, settings
 
 import hybrid_gn
-from hybrid_gn import CheckpointError, Config, api, fit, fit_batch, fit_stream, sources
+from hybrid_gn import CheckpointError, Config, fit, fit_batch, fit_stream, sources
+from hybrid_gn._drivers import _fit as api
 
 N = 200
 X = np.linspace(0.0, 5.0, N)
@@ -332,7 +333,7 @@ def test_stale_temporary_files_are_removed(tmp_path):
 
 
 def test_failed_save_names_the_path_and_leaves_no_temporary(tmp_path, monkeypatch):
-    from hybrid_gn import checkpoint as checkpoints
+    from hybrid_gn._drivers import _checkpoint as checkpoints
 
     def failing_savez(f, **arrays):
         f.write(b"partial")

@@ -20,8 +20,8 @@ import pytest
 import scipy.optimize
 
 import hybrid_gn
-from hybrid_gn import pipeline
-from hybrid_gn.data import make_data
+from hybrid_gn import _pipeline as pipeline
+from hybrid_gn._data import make_data
 
 RTOL = 1e-6  # relative cost difference counted as the same minimum
 X = np.linspace(0.0, 10.0, 200)

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 import hybrid_gn
-from hybrid_gn import Config, fit_stream, sources, streaming
+from hybrid_gn import Config, fit_stream, sources
+from hybrid_gn._drivers import _stream as streaming
 
 N = 3000
 # a warmup sample of 1000 points: every 3rd point of all 3000, or all points of 2 chunks of

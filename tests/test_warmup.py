@@ -7,7 +7,7 @@ Two levels:
   checks what ``Result`` reports (``warmup_reason``, ``warmup_mode``, ``warmup_iterations``,
   ``trace``) against quantities computed here independently, and that the final answer
   still matches ``scipy.optimize.curve_fit`` to 1e-8 relative.
-* ``hybrid_gn.warmup.init`` / ``update`` driven directly on analytic losses, where step
+* ``hybrid_gn._phases._warmup.init`` / ``update`` driven directly on analytic losses, where step
   norms and loss values are known in closed form.
 
 Independent checks used throughout:
@@ -37,7 +37,8 @@ import pytest
 import scipy.optimize
 
 import hybrid_gn
-from hybrid_gn import Phase, Status, WarmupMode, WarmupReason, warmup
+from hybrid_gn import Phase, Status, WarmupMode, WarmupReason
+from hybrid_gn._phases import _warmup as warmup
 
 # these problems are small, where warmup='auto' would skip the warmup under test
 Config = functools.partial(hybrid_gn.Config, warmup=True)

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int, PyTree
 
-from .config import Config, warmup_pays_off
-from .result import WarmupMode, WarmupReason
+from .._config import Config, warmup_pays_off
+from .._result import WarmupMode, WarmupReason
 
 LossFn = Callable[[Float[Array, " p"]], Float[Array, ""]]
 

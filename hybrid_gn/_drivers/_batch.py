@@ -19,13 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PyTree
 
-from . import pipeline
-from ._validate import check_bounds, check_fit, native, native_tree, real_array
-from .api import Model, finish, prepare
-from .config import Config, with_tolerances
-from .pipeline import PipelineState as State
-from .problem import flat_bounds
-from .result import Result, Trace
+from .. import _pipeline as pipeline
+from .._config import Config, with_tolerances
+from .._pipeline import PipelineState as State
+from .._problem import flat_bounds
+from .._result import Result, Trace
+from .._validate import check_bounds, check_fit, native, native_tree, real_array
+from ._fit import Model, finish, prepare
 
 
 def fit_batch(

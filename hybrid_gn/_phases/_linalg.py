@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from .control import run_if
+from .._control import run_if
 
 _NEWTON_ITERATIONS = 40
 JACOBI_MAX_P = 8  # up to this many columns, SVDs are one-sided Jacobi in plain jnp ops

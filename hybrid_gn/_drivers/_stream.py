@@ -29,18 +29,22 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
 
-from . import _digest, accumulate, gauss_newton, pipeline, sources, warmup
-from . import checkpoint as checkpoints
-from ._model import Bound
-from ._validate import check_fit, float_dtype
-from .api import Model, make_result
-from .config import Config, warmup_pays_off, with_tolerances
-from .data import Data
-from .gauss_newton import Proposal
-from .pipeline import PipelineState
-from .problem import Problem, make_problem
-from .result import Phase, Result, Trace
-from .sources import Chunk, ChunkSource
+from .. import _digest, sources
+from .. import _pipeline as pipeline
+from .._config import Config, warmup_pays_off, with_tolerances
+from .._data import Data
+from .._model import Bound
+from .._phases import _accumulate as accumulate
+from .._phases import _gauss_newton as gauss_newton
+from .._phases import _warmup as warmup
+from .._phases._gauss_newton import Proposal
+from .._pipeline import PipelineState
+from .._problem import Problem, make_problem
+from .._result import Phase, Result, Trace
+from .._validate import check_fit, float_dtype
+from ..sources import Chunk, ChunkSource
+from . import _checkpoint as checkpoints
+from ._fit import Model, make_result
 
 _DONE = 0  # phase code of a finished fit (as in pipeline)
 

@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
-from .config import Factorization, JacobianMode
-from .control import run_if
-from .data import Data
-from .linalg import symmetric_eigen
+from .._config import Factorization, JacobianMode
+from .._control import run_if
+from .._data import Data
+from ._linalg import symmetric_eigen
 
 # residual(u, x_chunk, y_chunk, weight_chunk) -> weighted residuals of the chunk
 ResidualFn = Callable[[Float[Array, " p"], PyTree, Array, Array], Float[Array, " c"]]

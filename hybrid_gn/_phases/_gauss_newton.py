@@ -40,10 +40,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from .accumulate import Linearization
-from .config import Config
-from .linalg import trust_region_step
-from .result import Status
+from .._config import Config
+from .._result import Status
+from ._accumulate import Linearization
+from ._linalg import trust_region_step
 
 # evaluate(u, use_qr) -> the Gauss-Newton model at u, by streamed QR if use_qr
 Evaluate = Callable[[Float[Array, " p"], Bool[Array, ""]], Linearization]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .linalg import pinv_gram
+from ._linalg import pinv_gram
 
 
 def covariance(

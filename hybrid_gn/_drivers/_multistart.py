@@ -19,11 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from . import accumulate, pipeline, sampling, warmup
-from ._validate import check_fit
-from .api import Model, finish, prepare
-from .config import Config
-from .result import Result
+from .. import _pipeline as pipeline
+from .. import sampling
+from .._config import Config
+from .._phases import _accumulate as accumulate
+from .._phases import _warmup as warmup
+from .._result import Result
+from .._validate import check_fit
+from ._fit import Model, finish, prepare
 
 
 class Tournament(eqx.Module):

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
-from .accumulate import ResidualFn, empty_accumulator, fold_chunk, use_forward_mode
-from .config import Config, JacobianMode
-from .data import Data
-from .normalize import Normalization, make_normalization
+from ._config import Config, JacobianMode
+from ._data import Data
+from ._phases._accumulate import ResidualFn, empty_accumulator, fold_chunk, use_forward_mode
+from ._phases._normalize import Normalization, make_normalization
 
 
 class Problem(eqx.Module):

@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._validate import real_array
-from .api import fit
-from .config import Config
-from .result import Status
+from .._config import Config
+from .._result import Status
+from .._validate import real_array
+from ._fit import fit
 
 
 class CovarianceWarning(UserWarning):

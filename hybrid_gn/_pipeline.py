@@ -22,13 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from . import accumulate, gauss_newton, warmup
-from .accumulate import ResidualFn
-from .config import Config, warmup_pays_off
-from .data import Data
-from .gauss_newton import GaussNewtonState
-from .result import Phase, Trace
-from .warmup import WarmupState
+from ._config import Config, warmup_pays_off
+from ._data import Data
+from ._phases import _accumulate as accumulate
+from ._phases import _gauss_newton as gauss_newton
+from ._phases import _warmup as warmup
+from ._phases._accumulate import ResidualFn
+from ._phases._gauss_newton import GaussNewtonState
+from ._phases._warmup import WarmupState
+from ._result import Phase, Trace
 
 _DONE = 0
 

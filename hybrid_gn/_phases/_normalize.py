@@ -23,7 +23,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .config import Normalization as Strategy
+from .._config import Normalization as Strategy
 
 
 class Normalization(eqx.Module):

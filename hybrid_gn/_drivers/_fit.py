@@ -9,13 +9,16 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import PyTree
 
-from . import accumulate, gauss_newton, implicit, pipeline
-from ._validate import check_fit, float_dtype
-from .config import Config, with_tolerances
-from .covariance import covariance
-from .data import Data, make_data
-from .problem import Problem, make_problem
-from .result import Result
+from .. import _implicit as implicit
+from .. import _pipeline as pipeline
+from .._config import Config, with_tolerances
+from .._data import Data, make_data
+from .._phases import _accumulate as accumulate
+from .._phases import _gauss_newton as gauss_newton
+from .._phases._covariance import covariance
+from .._problem import Problem, make_problem
+from .._result import Result
+from .._validate import check_fit, float_dtype
 
 Model = Callable[[PyTree, PyTree], jax.Array]
 

@@ -1,0 +1,2 @@
+"""The pure pieces of the four phases: normalization, warmup, Gauss-Newton,
+accumulation, linear algebra, covariance."""
