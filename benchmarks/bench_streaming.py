@@ -92,12 +92,12 @@ def stream(path: str, warm_path: str, chunk: int, prefetch: int) -> dict:
                 yield read
 
     t = time.perf_counter()
-    hybrid_gn.fit_stream(model, START, sources.HDF5Source(warm_path), chunk_size=chunk,
+    hybrid_gn.fit_stream(model, START, sources.HDF5Source(warm_path), block_size=chunk,
                          prefetch=prefetch, progress=False)
     compile_s = time.perf_counter() - t
     source = TimedSource(path)
     t = time.perf_counter()
-    result = hybrid_gn.fit_stream(model, START, source, chunk_size=chunk, prefetch=prefetch,
+    result = hybrid_gn.fit_stream(model, START, source, block_size=chunk, prefetch=prefetch,
                                   progress=False)
     wall = time.perf_counter() - t
     pass_times = np.diff(source.starts)

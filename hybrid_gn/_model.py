@@ -30,6 +30,8 @@ import jax
 import numpy as np
 from jaxtyping import PyTree
 
+Model = Callable[..., jax.Array]  # model(params, x) or model(params, x, args)
+
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 

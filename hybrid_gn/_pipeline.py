@@ -1,38 +1,68 @@
-"""The whole fit, warmup then Gauss-Newton, inside one jitted function.
+"""The pipeline's pure transitions: every driver is a loop around these.
 
-The state holds both phases' states, a phase code and the trace; each
-iteration advances the active phase by one pure `update` and records a
-trace entry. The phases run as two consecutive `lax.while_loop`s over that
-one state rather than one loop switching on the phase: under `vmap` a
-switch on a batched phase runs both branches every iteration (measured: the
-two loops fit 1e4 small problems 1.7x faster), and XLA's CPU runtime was
-seen to hang intermittently on the batched switch around the line search's
-own loop.
+A fit is a `Setup` (the normalized problem, the model's arguments, the
+warmup's in-memory sample, the configuration) and a `PipelineState` (both
+phases' states, the phase code and the trace). The transitions are
+`start`, `warmup_step`, `propose` / `conclude` (one Gauss-Newton iteration
+split around the evaluation of the trial, which a streaming driver does on
+the host, chunk by chunk) or `gauss_newton_step` (the same with the data in
+memory), and `finish` (phase 3). The fused driver runs them in two
+consecutive `lax.while_loop`s (`run`), the batched one under `vmap` in
+compacted loops, multi-start on each survivor, the streaming one as
+separate jitted calls between reads.
+
+The phases run as two loops over one state rather than one loop switching
+on the phase: under `vmap` a switch on a batched phase runs both branches
+every iteration (measured: the two loops fit 1e4 small problems 1.7x
+faster), and XLA's CPU runtime was seen to hang intermittently on the
+batched switch around the line search's own loop.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float, Int, PyTree
 
-from ._config import Config, warmup_pays_off
-from ._data import Data
+from . import _implicit as implicit
+from ._config import Config, warmup_pays_off, with_tolerances
+from ._data import Data, make_data
 from ._phases import _accumulate as accumulate
 from ._phases import _gauss_newton as gauss_newton
 from ._phases import _warmup as warmup
-from ._phases._accumulate import ResidualFn
-from ._phases._gauss_newton import GaussNewtonState
+from ._phases._covariance import covariance
+from ._phases._gauss_newton import GaussNewtonState, Proposal
+from ._phases._start_fit import poor_start, start_fit
 from ._phases._warmup import WarmupState
-from ._result import Phase, Trace
+from ._problem import Problem, make_problem
+from ._result import Phase, Result, Trace
+from ._validate import float_dtype
 
-_DONE = 0
+DONE = 0  # the phase code of a finished fit
+
+
+class Setup(eqx.Module):
+    """What the transitions read and never change: one problem ready to run."""
+
+    problem: Problem
+    model_args: PyTree  # the third argument of the model (its arrays, the user's args)
+    sample: Data  # the warmup's subsample (in memory, whatever the driver)
+    config: Config  # tolerances filled in for the dtype
+    n_points: int = eqx.field(static=True)  # of the whole data (warmup="auto" decides on it)
+
+    @property
+    def residual(self) -> accumulate.ResidualFn:
+        return self.problem.residual(self.model_args)
+
+    @property
+    def warmup_runs(self) -> bool:
+        """Static: whether a warmup loop exists at all."""
+        return warmup_pays_off(self.config, self.n_points)
 
 
 class PipelineState(eqx.Module):
@@ -42,82 +72,172 @@ class PipelineState(eqx.Module):
     trace: Trace
 
 
-def total_cost(data: Data) -> Float[Array, ""]:
-    """Half the weighted total sum of squares of `y`: the cost of its weighted mean."""
-    w2 = data.weight**2
-    y_mean = jnp.sum(w2 * data.y) / jnp.sum(w2)
-    return 0.5 * jnp.sum(w2 * (data.y - y_mean) ** 2)
+def make_setup(model, p0: PyTree, bounds, model_args: PyTree, config: Config, dtype,
+               sample: Data, n_points: int) -> Setup:
+    """Phase 0 on the warmup `sample`: flatten, normalize, place the start.
 
-
-def relative(cost, total) -> Float[Array, ""]:
-    """`cost` over `total` (`total_cost`); inf for a cost above a zero total."""
-    return jnp.where(total > 0, cost / jnp.where(total > 0, total, 1),
-                     jnp.where(cost > 0, jnp.inf, 0))
-
-
-def relative_loss(residual: ResidualFn, u, data: Data) -> Float[Array, ""]:
-    """Weighted RSS at `u` over the weighted total sum of squares of `y`."""
-    return relative(accumulate.cost(residual, u, data), total_cost(data))
-
-
-class StartFit(NamedTuple):
-    """How well the model at a point explains the data (weighted)."""
-
-    relative: Float[Array, ""]  # RSS over the total sum of squares: 1 - R^2
-    shape: Float[Array, ""]  # 1 - corr(f, y)^2: the same after the best a * f + b
-
-
-def start_fit(residual: ResidualFn, u, data: Data) -> StartFit:
-    """`StartFit` of the prediction f at `u`, in one pass over `data`.
-
-    The shape measure ignores what a Gauss-Newton step corrects exactly (the
-    scale and offset of f) and sees what it does not (where the peaks are,
-    how fast things decay). With r = w (f - y) and d = w (y - ybar), the
-    deviations of f from ybar are a = r + d (weighted), so everything is sums
-    over chunks of r, a and d; f is taken about ybar, which keeps the sums
-    well conditioned unless f is far off (and then `relative` is large).
+    Each parameter's influence on the residuals at p0 floors its scale
+    (`_normalize`); it is measured on at most `warmup_max_points` (else
+    `chunk_size`) points of the sample, evaluated as one chunk.
     """
-    w2 = data.weight**2
-    y_mean = jnp.sum(w2 * data.y) / jnp.sum(w2)
-
-    def one_chunk(i):
-        x, y, w = data.chunk(i)
-        r = residual(u, x, y, w)
-        d = w * (y - y_mean)
-        a = r + d
-        pairs = ((w, w), (w, a), (w, d), (a, a), (d, d), (a, d), (r, r))
-        return jnp.stack([jnp.sum(left * right) for left, right in pairs])
-
-    w2_sum, a_sum, d_sum, aa, dd, ad, rr = accumulate.sum_over_chunks(one_chunk, data.n_chunks)
-    var_f = aa - a_sum**2 / w2_sum
-    var_y = dd - d_sum**2 / w2_sum
-    cov = ad - a_sum * d_sum / w2_sum
-    both = (var_f > 0) & (var_y > 0)
-    shape = jnp.where(both, 1 - cov**2 / jnp.where(both, var_f * var_y, 1), 1)
-    return StartFit(relative(0.5 * rr, 0.5 * dd), jnp.clip(shape, 0, 1))
+    config = with_tolerances(config, dtype)
+    influence = sample.subsample(config.warmup_max_points or config.chunk_size)
+    problem = make_problem(model, p0, bounds, config, dtype, influence, model_args)
+    return Setup(problem, model_args, sample, config, n_points)
 
 
-def poor_start(fit: StartFit, config: Config):
-    """Whether Gauss-Newton starts with `poor_start_radius` (see gauss_newton.py)."""
-    return (fit.shape > config.poor_shape_threshold) | (
-        fit.relative > config.poor_loss_threshold)
+def prepare(model, p0, x, y, sigma, bounds, args, mask, config: Config) -> tuple[Setup, Data]:
+    """The `Setup` and `Data` of a problem held in memory. The loops run on constants
+    (stop_gradient); derivatives come from `implicit.solution` in `finish`."""
+    dtype = float_dtype(p0, y)
+    x, y, sigma, args, p0, bounds, mask, config = jax.lax.stop_gradient(
+        (x, y, sigma, args, p0, bounds, mask, config))
+    data = make_data(x, y, sigma, config.chunk_size, dtype, mask)
+    setup = make_setup(model, p0, bounds, args, config, dtype,
+                       data.subsample(config.warmup_max_points), data.n)
+    return setup, data
 
 
-def gauss_newton_start(residual: ResidualFn, u, sample: Data, config: Config
-                       ) -> GaussNewtonState:
-    """Gauss-Newton's state at `u`, its first radius set by the fit there on `sample`."""
-    return gauss_newton.init(u, poor_start(start_fit(residual, u, sample), config), config)
+def warmup_loss(setup: Setup, sample: Data | None = None) -> Callable[[Array], Array]:
+    """The warmup's loss: the mean half squared residual on `sample` (the setup's by
+    default), the argument projected onto the box."""
+    sample = setup.sample if sample is None else sample
+    residual, problem = setup.residual, setup.problem
+    n_sample = jnp.sum(sample.weight > 0)
+
+    def loss(u):
+        return accumulate.cost(residual, jnp.clip(u, problem.lower, problem.upper),
+                               sample) / n_sample
+
+    return loss
 
 
-def handed_over(residual: ResidualFn, ws: WarmupState, gs: GaussNewtonState, sample: Data,
-                config: Config) -> GaussNewtonState:
-    """`gs` while the warmup runs; Gauss-Newton's start at its best point once it stops
-    (under vmap both are computed: one more evaluation on the sample per warmup step)."""
-    return jax.lax.cond(ws.running, lambda: gs,
-                        lambda: gauss_newton_start(residual, ws.best_u, sample, config))
+def start(setup: Setup, u0: Float[Array, " p"] | None = None) -> PipelineState:
+    """The state at `u0` (the problem's start by default): the start evaluated on the
+    sample, the warmup's regime and Gauss-Newton's first radius chosen."""
+    config = setup.config
+    u0 = setup.problem.u0 if u0 is None else u0
+    fit = start_fit(setup.residual, u0, setup.sample)
+    ws = warmup.init(u0, warmup_loss(setup), fit.relative, config, setup.n_points)
+    nan = jnp.full(config.trace_length, jnp.nan, u0.dtype)
+    return _strong(PipelineState(
+        phase=jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32),
+        warmup=ws, gauss_newton=gauss_newton.init(u0, poor_start(fit, config), config),
+        trace=Trace(nan, nan, nan, jnp.zeros(config.trace_length, jnp.int32), jnp.asarray(0))))
 
 
-def report(phase, iteration, cost, grad_norm, radius) -> None:
+def warmup_step(setup: Setup, state: PipelineState) -> PipelineState:
+    """One L-BFGS iteration; at its last, Gauss-Newton's start at the warmup's best point
+    (under vmap both are computed: one more evaluation on the sample per step)."""
+    problem, config = setup.problem, setup.config
+    ws = warmup.update(state.warmup, warmup_loss(setup), problem.lower, problem.upper, config)
+    phase = jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32)
+    gs = jax.lax.cond(ws.running, lambda: state.gauss_newton,
+                      lambda: _gauss_newton_start(setup, ws.best_u))
+    trace = _record(config, state.trace, Phase.WARMUP, ws.loss, jnp.linalg.norm(ws.grad),
+                    jnp.nan)
+    return _strong(PipelineState(phase, ws, gs, trace))
+
+
+def _gauss_newton_start(setup: Setup, u: Float[Array, " p"]) -> GaussNewtonState:
+    """Gauss-Newton's state at `u`, its first radius set by the fit there on the sample."""
+    fit = start_fit(setup.residual, u, setup.sample)
+    return gauss_newton.init(u, poor_start(fit, setup.config), setup.config)
+
+
+def propose(setup: Setup, state: PipelineState) -> Proposal:
+    """The trial point of the next Gauss-Newton iteration (the start, at the first)."""
+    return gauss_newton.propose(state.gauss_newton, setup.problem.lower, setup.problem.upper)
+
+
+def conclude(setup: Setup, state: PipelineState, proposal: Proposal,
+             new: accumulate.Linearization) -> PipelineState:
+    """Accept or reject the trial given its Gauss-Newton model `new`; record the step."""
+    problem, config = setup.problem, setup.config
+    gs = gauss_newton.conclude(state.gauss_newton, proposal, new, problem.lower, problem.upper,
+                               config)
+    phase = jnp.where(gs.running, Phase.GAUSS_NEWTON, DONE).astype(jnp.int32)
+    free = gauss_newton.free_variables(gs.u, gs.model.gradient, problem.lower, problem.upper)
+    grad_norm = jnp.linalg.norm(jnp.where(free, gs.model.gradient, 0))
+    trace = _record(config, state.trace, Phase.GAUSS_NEWTON, gs.model.cost, grad_norm,
+                    gs.radius)
+    return _strong(PipelineState(phase, state.warmup, gs, trace))
+
+
+def gauss_newton_step(setup: Setup, data: Data, state: PipelineState) -> PipelineState:
+    """One Gauss-Newton iteration on data in memory: one pass to evaluate the trial."""
+    config = setup.config
+    proposal = propose(setup, state)
+    new = accumulate.linearize(setup.residual, proposal.trial, data, config.jacobian,
+                               config.factorization, state.gauss_newton.use_qr)
+    return conclude(setup, state, proposal, new)
+
+
+def warming_up(state: PipelineState):
+    return state.phase == Phase.WARMUP
+
+
+def running(state: PipelineState):
+    return state.phase != DONE
+
+
+def run(setup: Setup, data: Data, u0: Float[Array, " p"] | None = None) -> PipelineState:
+    """Both phases from `u0` (the problem's start by default), to the end."""
+    state = start(setup, u0)
+    if setup.warmup_runs:
+        state = jax.lax.while_loop(warming_up, lambda s: warmup_step(setup, s), state)
+    return jax.lax.while_loop(running, lambda s: gauss_newton_step(setup, data, s), state)
+
+
+def result(setup: Setup, state: PipelineState, params: PyTree, n_points,
+           absolute_sigma) -> Result:
+    """Phase 3: the covariance (curve_fit semantics) and the `Result` of a finished run.
+
+    `n_points` counts the points with nonzero weight (summed on device in
+    memory, counted while reading when streamed).
+    """
+    gs, ws = state.gauss_newton, state.warmup
+    pcov = covariance(gs.model.factor, gs.model.cost, setup.problem.norm.scale, n_points,
+                      absolute_sigma)
+    return Result(
+        params=params, pcov=pcov,
+        perr=setup.problem.unravel(jnp.sqrt(jnp.diagonal(pcov))), cost=gs.model.cost,
+        status=gs.status, warmup_reason=ws.reason, warmup_mode=ws.mode,
+        warmup_iterations=ws.iteration, gn_iterations=gs.iteration,
+        passes=gs.iteration + 1, n_points=n_points, trace=state.trace)
+
+
+def finish(setup: Setup, state: PipelineState, data: Data, eta: PyTree, mask,
+           absolute_sigma) -> Result:
+    """The `Result` of a run on data in memory, its params differentiable in
+    `eta` = (x, y, sigma, model_args) by the implicit rule at the solution."""
+    gs, problem, config = state.gauss_newton, setup.problem, setup.config
+    # as a float, so that closure conversion hoists it (it leaves integer tracers closed over)
+    keep = None if mask is None else jnp.asarray(mask, problem.dtype)
+
+    def objective(u, eta):
+        x, y, sigma, model_args = eta
+        return accumulate.cost(problem.residual(model_args), u,
+                               make_data(x, y, sigma, config.chunk_size, problem.dtype, keep))
+
+    free = gauss_newton.free_variables(gs.u, gs.model.gradient, problem.lower, problem.upper)
+    u_final = implicit.solution(objective, gs.u, free, eta)
+    return result(setup, state, problem.to_params(u_final), jnp.sum(data.weight > 0),
+                  absolute_sigma)
+
+
+def _record(config: Config, trace: Trace, phase, cost, grad_norm, radius) -> Trace:
+    """`trace` with one more entry (the last slot is overwritten once it is full); with
+    `config.progress`, the entry is also reported on the host."""
+    if config.progress:  # static: without it no callback is compiled in
+        jax.debug.callback(_report, phase, trace.length + 1, cost, grad_norm, radius)
+    k = jnp.minimum(trace.length, trace.cost.shape[0] - 1)
+    return Trace(trace.cost.at[k].set(cost), trace.grad_norm.at[k].set(grad_norm),
+                 trace.radius.at[k].set(radius), trace.phase.at[k].set(phase),
+                 trace.length + 1)
+
+
+def _report(phase, iteration, cost, grad_norm, radius) -> None:
     """Host side of `Config.progress`: one line per iteration on stderr (batched under vmap)."""
     name = "warmup" if int(np.ravel(phase)[0]) == Phase.WARMUP else "gauss-newton"
 
@@ -128,82 +248,6 @@ def report(phase, iteration, cost, grad_norm, radius) -> None:
           f"|grad| {show(grad_norm)} radius {show(radius)}", file=sys.stderr, flush=True)
 
 
-class Phases(NamedTuple):
-    """The pipeline's pure pieces for one problem: its start and one step of each phase."""
-
-    start: Callable[[Float[Array, " p"]], PipelineState]
-    warmup_step: Callable[[PipelineState], PipelineState]
-    gauss_newton_step: Callable[[PipelineState], PipelineState]
-    warmup_runs: bool  # static: whether the warmup loop exists at all
-
-
-def phases(residual: ResidualFn, lower, upper, data: Data, config: Config) -> Phases:
-    """Build the start and step functions for one problem inside the box [lower, upper]."""
-    sample = data.subsample(config.warmup_max_points)
-    n_sample = jnp.sum(sample.weight > 0)
-
-    def loss(u):
-        return accumulate.cost(residual, jnp.clip(u, lower, upper), sample) / n_sample
-
-    def evaluate(u, use_qr):
-        return accumulate.linearize(residual, u, data, config.jacobian, config.factorization,
-                                    use_qr)
-
-    length = config.trace_length
-
-    def start(u0) -> PipelineState:
-        fit = start_fit(residual, u0, sample)
-        ws = warmup.init(u0, loss, fit.relative, config, data.n)
-        nan = jnp.full(length, jnp.nan, u0.dtype)
-        return PipelineState(
-            phase=jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32),
-            warmup=ws,
-            gauss_newton=gauss_newton.init(u0, poor_start(fit, config), config),
-            trace=Trace(nan, nan, nan, jnp.zeros(length, jnp.int32), jnp.asarray(0)))
-
-    def record(trace: Trace, phase, cost, grad_norm, radius) -> Trace:
-        k = jnp.minimum(trace.length, length - 1)
-        return Trace(trace.cost.at[k].set(cost), trace.grad_norm.at[k].set(grad_norm),
-                     trace.radius.at[k].set(radius), trace.phase.at[k].set(phase),
-                     trace.length + 1)
-
-    def warmup_step(s: PipelineState) -> PipelineState:
-        ws = warmup.update(s.warmup, loss, lower, upper, config)
-        phase = jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32)
-        trace = record(s.trace, Phase.WARMUP, ws.loss, jnp.linalg.norm(ws.grad), jnp.nan)
-        if config.progress:  # static: without it no callback is compiled in
-            jax.debug.callback(report, Phase.WARMUP, trace.length, ws.loss,
-                               jnp.linalg.norm(ws.grad), jnp.nan)
-        return PipelineState(phase, ws, handed_over(residual, ws, s.gauss_newton, sample, config),
-                             trace)
-
-    def gauss_newton_step(s: PipelineState) -> PipelineState:
-        gs = gauss_newton.update(s.gauss_newton, evaluate, lower, upper, config)
-        phase = jnp.where(gs.running, Phase.GAUSS_NEWTON, _DONE).astype(jnp.int32)
-        gradient = gs.model.gradient
-        free = gauss_newton.free_variables(gs.u, gradient, lower, upper)
-        grad_norm = jnp.linalg.norm(jnp.where(free, gradient, 0))
-        trace = record(s.trace, Phase.GAUSS_NEWTON, gs.model.cost, grad_norm, gs.radius)
-        if config.progress:
-            jax.debug.callback(report, Phase.GAUSS_NEWTON, trace.length, gs.model.cost,
-                               grad_norm, gs.radius)
-        return PipelineState(phase, s.warmup, gs, trace)
-
-    return Phases(start, warmup_step, gauss_newton_step, warmup_pays_off(config, data.n))
-
-
-def warming_up(state: PipelineState):
-    return state.phase == Phase.WARMUP
-
-
-def running(state: PipelineState):
-    return state.phase != _DONE
-
-
-def run(residual: ResidualFn, u0, lower, upper, data: Data, config: Config) -> PipelineState:
-    """Run both phases from normalized start `u0` inside the box [lower, upper]."""
-    steps = phases(residual, lower, upper, data, config)
-    state = steps.start(u0)
-    if steps.warmup_runs:
-        state = jax.lax.while_loop(warming_up, steps.warmup_step, state)
-    return jax.lax.while_loop(running, steps.gauss_newton_step, state)
+def _strong(tree: PyTree) -> PyTree:
+    """`tree` without weakly typed leaves, so every iteration's state has one signature."""
+    return jax.tree.map(lambda a: jnp.asarray(a, dtype=a.dtype), tree)

@@ -8,12 +8,14 @@ streaming driver and multi-start all build their problem here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
+import numpy as np
 from jaxtyping import Array, Float, PyTree
 
 from ._config import Config, JacobianMode
@@ -22,11 +24,35 @@ from ._phases._accumulate import ResidualFn, empty_accumulator, fold_chunk, use_
 from ._phases._normalize import Normalization, make_normalization
 
 
+class Unravel(eqx.Module):
+    """Flat parameters -> the user's params pytree (`ravel_pytree`'s inverse).
+
+    Its fields are static and compare by value, so two fits of the same layout
+    share compiled programs (`ravel_pytree` returns a new closure every time).
+    """
+
+    treedef: Any = eqx.field(static=True)
+    shapes: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+
+    def __call__(self, theta: Float[Array, " p"]) -> PyTree:
+        sizes = [math.prod(shape) for shape in self.shapes]
+        parts = jnp.split(theta, np.cumsum(sizes)[:-1].tolist()) if sizes else []
+        return jax.tree.unflatten(self.treedef, [part.reshape(shape) for part, shape
+                                                 in zip(parts, self.shapes, strict=True)])
+
+
+def ravel(params: PyTree) -> tuple[Float[Array, " p"], Unravel]:
+    """`params` as one flat array, and the map back."""
+    leaves, treedef = jax.tree.flatten(params)
+    flat = jnp.concatenate([jnp.ravel(a) for a in leaves]) if leaves else jnp.zeros(0)
+    return flat, Unravel(treedef, tuple(tuple(np.shape(a)) for a in leaves))
+
+
 class Problem(eqx.Module):
     """`model(params, x[, args]) ~ y` over flat normalized parameters u."""
 
     model: Callable = eqx.field(static=True)
-    unravel: Callable = eqx.field(static=True)  # flat theta -> params pytree
+    unravel: Unravel  # flat theta -> params pytree
     norm: Normalization
     lb: Float[Array, " p"]  # bounds of theta (may be infinite)
     ub: Float[Array, " p"]
@@ -73,7 +99,7 @@ def make_problem(model: Callable, p0: PyTree, bounds, config: Config, dtype,
     the residuals at p0 floors its `p0` scale (`normalize.make_normalization`).
     """
     p0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), p0)
-    theta0, unravel = ravel_pytree(p0)
+    theta0, unravel = ravel(p0)
     lb, ub = flat_bounds(bounds, p0, dtype)
     influence = None
     if sample is not None:
@@ -97,7 +123,7 @@ def parameter_influence(residual: ResidualFn, theta, sample: Data,
 
 def flat_bounds(bounds, p0: PyTree, dtype) -> tuple[jax.Array, jax.Array]:
     """`(lower, upper)` as flat (p,) arrays in ravel order of `p0`."""
-    p = ravel_pytree(p0)[0].shape[0]
+    p = ravel(p0)[0].shape[0]
     if bounds is None:
         return jnp.full(p, -jnp.inf, dtype), jnp.full(p, jnp.inf, dtype)
     lower, upper = bounds

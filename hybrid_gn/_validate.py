@@ -19,8 +19,10 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import PyTree
 
-from . import _model
+from . import _model, _values
 from ._config import Config
+from ._problem import flat_bounds
+from ._values import Values
 
 
 def native(a):
@@ -55,6 +57,12 @@ def real_array(name: str, a, where: str = ""):
     if not (jnp.issubdtype(dtype, jnp.number) or dtype == np.bool_):
         raise TypeError(f"{where}{name} must hold real numbers, got dtype {dtype}")
     return a
+
+
+def check_int(name: str, value, minimum: int) -> None:
+    """Refuse anything but an int (not a bool) of at least `minimum`, naming `name`."""
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def float_dtype(p0: PyTree, y) -> np.dtype:
@@ -131,14 +139,6 @@ def _flat(side) -> list:
     return [side]
 
 
-def check_finite(name: str, a) -> None:
-    a = np.asarray(a)
-    if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
-        bad = int(np.size(a) - np.sum(np.isfinite(a)))
-        raise ValueError(f"{name} contains NaN or Inf ({bad} values); clean the data or "
-                         f"pass check_finite=False")
-
-
 def concrete(*trees) -> bool:
     return not any(isinstance(a, jax.core.Tracer) for t in trees for a in jax.tree.leaves(t))
 
@@ -203,7 +203,7 @@ def check_fit(model: Callable, p0: PyTree, x: PyTree, y, sigma, bounds, check_va
     bound_model, arrays = check_model(model, p0, x, size, args)
     inputs = Inputs(bound_model, p0, x, y, sigma, bounds, (arrays, args), mask)
     if concrete(p0, x, y, sigma, bounds, mask):
-        _check_values(inputs, p, check_values, config)
+        _check_values(inputs, check_values, config)
     return inputs
 
 
@@ -232,46 +232,17 @@ def _check_shapes(x, y, sigma, mask, p: int) -> int:
     return n
 
 
-def _check_values(inputs: Inputs, p: int, check_values: bool, config: Config) -> None:
+def _check_values(inputs: Inputs, check_values: bool, config: Config) -> None:
+    """The value checks of `_values`, on this one problem (a batch of one)."""
     _, p0, x, y, sigma, bounds, _, mask = inputs
+    dtype = float_dtype(p0, y)
+    with jax.ensure_compile_time_eval():  # concrete values even under an outer jit
+        theta0 = ravel_pytree(jax.tree.map(lambda a: jnp.asarray(a, dtype), p0))[0]
+        lower, upper = flat_bounds(bounds, p0, dtype)
     n = np.shape(y)[0]
     used = np.ones(n, bool) if mask is None else np.asarray(mask)
-    n_used = int(np.sum(used))
-    if n_used < p:
-        raise ValueError(f"too few data points: mask leaves {n_used} points, fewer than the "
-                         f"p = {p} parameters of p0")
-    if check_values:
-        check_finite("y", np.asarray(y)[used])
-        for leaf in jax.tree.leaves(x):
-            check_finite("x", np.asarray(leaf)[used])
-        if sigma is not None:
-            check_finite("sigma", np.asarray(sigma)[used])
-        for leaf in jax.tree.leaves(p0):
-            check_finite("p0", leaf)
-    if sigma is not None and not np.all(np.asarray(sigma)[used] > 0):
-        raise ValueError("sigma must be strictly positive")
-    check_start(p0, bounds, config, float_dtype(p0, y))
-
-
-def check_start(p0: PyTree, bounds, config: Config, dtype) -> None:
-    """lb < ub, no NaN bounds, p0 inside them, and finite bounds where normalization needs
-    them (concrete values only)."""
-    from ._problem import flat_bounds
-
-    with jax.ensure_compile_time_eval():  # concrete values even under an outer jit
-        theta0 = np.asarray(ravel_pytree(jax.tree.map(lambda a: jnp.asarray(a, dtype), p0))[0])
-        lb, ub = (np.asarray(b) for b in flat_bounds(bounds, p0, dtype))
-    if np.any(np.isnan(lb)) or np.any(np.isnan(ub)):
-        raise ValueError("bounds contain NaN")
-    if np.any(lb >= ub):
-        i = int(np.argmax(lb >= ub))
-        raise ValueError(f"bounds: each lower bound must be strictly less than its upper "
-                         f"bound: parameter {i} has lower {lb[i]} >= upper {ub[i]}")
-    outside = (theta0 < lb) | (theta0 > ub)
-    if np.any(outside):
-        i = int(np.argmax(outside))
-        raise ValueError(f"p0 is outside the bounds: parameter {i} = {theta0[i]} is not "
-                         f"in [{lb[i]}, {ub[i]}]")
-    if config.normalization == "bounds" and not (np.all(np.isfinite(lb)) and
-                                                 np.all(np.isfinite(ub))):
-        raise ValueError("normalization='bounds' needs finite lower and upper bounds")
+    values = Values(np.asarray(theta0)[None], np.asarray(lower)[None], np.asarray(upper)[None],
+                    [np.asarray(leaf)[None] for leaf in jax.tree.leaves(x)],
+                    np.asarray(y)[None], None if sigma is None else np.asarray(sigma)[None],
+                    used[None])
+    _values.check_values(values, check_values, config, batched=False)

@@ -51,7 +51,7 @@ def chunks(delay: float = 0.0, bad_from_pass: int | None = None, calls: list | N
 
 def run(source=None, **kwargs) -> hybrid_gn.Result:
     kwargs.setdefault("config", CONFIG)
-    return fit_stream(peak, P0, chunks() if source is None else source, chunk_size=CHUNK,
+    return fit_stream(peak, P0, chunks() if source is None else source, block_size=CHUNK,
                       progress=False, **kwargs)
 
 
@@ -115,13 +115,14 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_result(tmp_path, uninter
 
 
 def test_resume_from_a_finished_checkpoint_only_verifies_the_data(saved, uninterrupted):
-    """No Gauss-Newton pass: the survey that counts the points, then one pass that checks
-    the data's digest against the checkpoint's (nothing else would read the data)."""
+    """No Gauss-Newton pass: the survey that counts the points, the read of the warmup
+    subsample (phase 0 measures the parameters' influence on it: the normalization must be
+    rebuilt), then one pass that checks the data's digest against the checkpoint's."""
     calls: list = []
     result = run(chunks(calls=calls), resume=saved)
     assert_same_params(result, uninterrupted)
     np.testing.assert_array_equal(result.trace.cost, uninterrupted.trace.cost)
-    assert len(calls) == 2
+    assert len(calls) == 3
 
 
 def test_resume_during_warmup(tmp_path, uninterrupted):
@@ -183,30 +184,30 @@ def test_corrupt_checkpoint_is_refused(saved, tmp_path):
 
 def test_checkpoint_of_another_problem_is_refused(saved):
     with pytest.raises(CheckpointError, match="different problem.*start_and_bounds"):
-        fit_stream(peak, P0 * 1.01, chunks(), chunk_size=CHUNK, config=CONFIG, progress=False,
+        fit_stream(peak, P0 * 1.01, chunks(), block_size=CHUNK, config=CONFIG, progress=False,
                    resume=saved)
     y = Y.copy()
     y[0] += 1  # other data of the same size
     with pytest.raises(CheckpointError, match="different problem.*first_points"):
-        fit_stream(peak, P0, (X, y, SIGMA), chunk_size=CHUNK, config=CONFIG, progress=False,
+        fit_stream(peak, P0, (X, y, SIGMA), block_size=CHUNK, config=CONFIG, progress=False,
                    resume=saved)
     with pytest.raises(CheckpointError, match="different problem.*n_points"):
-        fit_stream(peak, P0, (X[:-1], Y[:-1], SIGMA[:-1]), chunk_size=CHUNK, config=CONFIG,
+        fit_stream(peak, P0, (X[:-1], Y[:-1], SIGMA[:-1]), block_size=CHUNK, config=CONFIG,
                    progress=False, resume=saved)
 
     def other_model(p, x):  # the model's computation counts, not its name
         return peak(p, x) * 1.0000001
 
     with pytest.raises(CheckpointError, match="different problem.*model"):
-        fit_stream(other_model, P0, chunks(), chunk_size=CHUNK, config=CONFIG, progress=False,
+        fit_stream(other_model, P0, chunks(), block_size=CHUNK, config=CONFIG, progress=False,
                    resume=saved)
 
 
 def test_checkpoint_of_another_configuration_is_refused(saved):
     with pytest.raises(CheckpointError, match="different configuration.*ftol"):
         run(resume=saved, config=Config(ftol=1e-12, xtol=1e-15, gtol=1e-15))
-    with pytest.raises(CheckpointError, match="different configuration.*stream_chunk_size"):
-        fit_stream(peak, P0, chunks(), chunk_size=512, config=CONFIG, progress=False,
+    with pytest.raises(CheckpointError, match="different configuration.*block_size"):
+        fit_stream(peak, P0, chunks(), block_size=512, config=CONFIG, progress=False,
                    resume=saved)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         run(resume=saved.parent / "nothing.ckpt")

@@ -22,9 +22,9 @@ from jax.flatten_util import ravel_pytree
 
 import hybrid_gn
 from hybrid_gn import Status
-from hybrid_gn._drivers._fit import prepare
 from hybrid_gn._phases._linalg import trust_region_step
 from hybrid_gn._phases._normalize import make_normalization
+from hybrid_gn._pipeline import prepare
 
 jax.config.update("jax_enable_x64", True)
 
@@ -602,15 +602,15 @@ def test_start_near_zero_by_accident_gets_a_usable_scale():
     assert_same_optimum(result.params, ref_popt, ref_pcov)
     assert int(result.gn_iterations) <= 10
 
-    setup = prepare(gauss, jnp.asarray(p0), jnp.asarray(x), jnp.asarray(y), None, None, None,
-                    None, hybrid_gn.Config())
+    setup, _ = prepare(gauss, jnp.asarray(p0), jnp.asarray(x), jnp.asarray(y), None, None, None,
+                       None, hybrid_gn.Config())
     scale = np.asarray(setup.problem.norm.scale)
     assert scale[1] > 1e-3  # raised from 3e-6
     np.testing.assert_array_equal(scale[[0, 2, 3]], p0[[0, 2, 3]])  # the others keep |p0|
 
     far = np.array([2.3, 40.0, 0.5, 0.15])  # the peak far off the data: the width and
-    setup = prepare(gauss, jnp.asarray(far), jnp.asarray(x), jnp.asarray(y), None, None, None,
-                    None, hybrid_gn.Config())
+    setup, _ = prepare(gauss, jnp.asarray(far), jnp.asarray(x), jnp.asarray(y), None, None, None,
+                       None, hybrid_gn.Config())
     np.testing.assert_array_equal(np.asarray(setup.problem.norm.scale), far)  # centre barely
     # move the residuals, but neither is near zero: the scales stay |p0|
 

@@ -55,7 +55,7 @@ def close(a, b, rtol=1e-10):
 # Resume only into the same problem
 # ------------------------------------------------------------------------------------------
 
-STREAM = {"chunk_size": 64, "progress": False}
+STREAM = {"block_size": 64, "progress": False}
 
 
 def test_resume_with_another_model_is_refused(tmp_path):
@@ -213,9 +213,9 @@ def scaled(scale, p, x):
 def test_array_models_are_data_not_constants(make, reference):
     """The model's arrays are traced: a new value gives the new answer without a recompile."""
     first = fit(make(jnp.asarray(2.0)), P0, X, Y)
-    compiled = api._jitted_fit._cache_size()
+    compiled = api._fit.cache_size()
     second = fit(make(jnp.asarray(4.0)), P0, X, Y)
-    assert api._jitted_fit._cache_size() == compiled
+    assert api._fit.cache_size() == compiled
     close(first.params[0], reference.params[0] / 2, 1e-6)
     close(second.params[0], reference.params[0] / 4, 1e-6)
 
@@ -366,7 +366,7 @@ kind, path, mode = sys.argv[1:]
 model = Model(2.0) if kind == "instance" else functools.partial(scaled, np.float64(2.0))
 config = hybrid_gn.Config(max_iter=2) if mode == "write" else hybrid_gn.Config(max_iter=2)
 kwargs = {"checkpoint": path} if mode == "write" else {"resume": path}
-r = hybrid_gn.fit_stream(model, np.array([1.0, 1.0, 0.0]), (x, y), chunk_size=64,
+r = hybrid_gn.fit_stream(model, np.array([1.0, 1.0, 0.0]), (x, y), block_size=64,
                          progress=False, config=config, **kwargs)
 print(repr(np.asarray(r.params).tolist()))
 """

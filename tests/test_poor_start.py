@@ -20,8 +20,8 @@ import pytest
 import scipy.optimize
 
 import hybrid_gn
-from hybrid_gn import _pipeline as pipeline
 from hybrid_gn._data import make_data
+from hybrid_gn._phases import _start_fit as pipeline
 
 RTOL = 1e-6  # relative cost difference counted as the same minimum
 X = np.linspace(0.0, 10.0, 200)
@@ -96,7 +96,7 @@ def test_poor_starts_reach_scipy_trf_cost_or_lower():
 
 
 def test_start_fit_is_the_weighted_r2_and_correlation_over_chunks():
-    """`pipeline.start_fit` over several chunks (the last one overlapping) with weights
+    """`start_fit` over several chunks (the last one overlapping) with weights
     1/sigma: 1 - R^2 of the prediction, and 1 - its weighted correlation with y squared."""
     rng = np.random.default_rng(1)
     y, starts = data_and_starts(k=1)

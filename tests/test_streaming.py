@@ -23,7 +23,7 @@ import pytest
 
 import hybrid_gn
 from hybrid_gn import Config, fit_stream, sources
-from hybrid_gn._drivers import _stream as streaming
+from hybrid_gn._drivers import _stream_steps as steps
 
 N = 3000
 # a warmup sample of 1000 points: every 3rd point of all 3000, or all points of 2 chunks of
@@ -73,7 +73,7 @@ def assert_same_fit(result: hybrid_gn.Result, ref: hybrid_gn.Result, rtol: float
 @pytest.mark.parametrize("chunk_size", [1000, 1024, 4096])
 def test_matches_in_memory_fit(reference, chunk_size):
     """1000 divides n, 1024 does not (a padded last chunk), 4096 > n (one padded chunk)."""
-    result = fit_stream(peak, P0, (X, Y, SIGMA), config=CONFIG, chunk_size=chunk_size,
+    result = fit_stream(peak, P0, (X, Y, SIGMA), config=CONFIG, block_size=chunk_size,
                         progress=False)
     assert_same_fit(result, reference, 1e-10)
     # the streamed warmup is the fused one (all chunks sampled): same iterations
@@ -86,17 +86,18 @@ def test_matches_in_memory_fit(reference, chunk_size):
 
 def test_one_compiled_fold_for_all_chunks_and_passes():
     """Every chunk, including the padded last one, and every pass reuse one program."""
-    streaming.TRACE_COUNTS.clear()
-    result = fit_stream(peak, P0, (X, Y, SIGMA), config=CONFIG, chunk_size=777, progress=False)
+    pieces = (steps.start, steps.warmup_step, steps.propose, steps.fold, steps.conclude)
+    for piece in pieces:
+        piece.clear_cache()
+    result = fit_stream(peak, P0, (X, Y, SIGMA), config=CONFIG, block_size=777, progress=False)
     passes = int(result.gn_iterations) + 1
     assert passes >= 3 and -(-N // 777) == 4  # 4 chunks (the last padded) per pass
-    assert streaming.TRACE_COUNTS["fold"] == 1
+    assert steps.fold.cache_size() == 1
     # a second fit of other data with the same shapes compiles nothing new
     x, y, sigma = _data(seed=1)
-    fit_stream(peak, P0, (x, y, sigma), config=CONFIG, chunk_size=777, progress=False)
-    assert streaming.TRACE_COUNTS["fold"] == 1
-    for name in ("start", "warmup_step", "propose", "conclude"):
-        assert streaming.TRACE_COUNTS[name] <= 1, name
+    fit_stream(peak, P0, (x, y, sigma), config=CONFIG, block_size=777, progress=False)
+    for piece in pieces:
+        assert piece.cache_size() <= 1, piece.__name__
 
 
 def test_switch_to_streamed_qr(reference):
@@ -104,31 +105,31 @@ def test_switch_to_streamed_qr(reference):
     at once): the host picks the QR accumulator from the state, one more compiled fold,
     and the same optimum."""
     config = dataclasses.replace(CONFIG, qr_condition=1.0)  # a traced field: no recompile
-    streaming.TRACE_COUNTS.clear()
-    result = fit_stream(peak, P0, (X, Y, SIGMA), config=config, chunk_size=1100,
+    steps.fold.clear_cache()
+    result = fit_stream(peak, P0, (X, Y, SIGMA), config=config, block_size=1100,
                         progress=False)
-    # the start is evaluated with the normal equations, every later pass by QR
-    assert streaming.TRACE_COUNTS["fold"] == 2 and streaming.TRACE_COUNTS["fold qr"] == 1
+    # the start is evaluated with the normal equations, every later pass by QR: two programs
+    assert steps.fold.cache_size() == 2
     assert int(result.gn_iterations) >= 2
     assert_same_fit(result, reference, 1e-10)
 
 
 def test_memmap_hdf5_and_generator_sources_agree(reference, tmp_path):
     """The three other sources give the array source's fit (same chunks: same rounding)."""
-    base = fit_stream(peak, P0, (X, Y, SIGMA), config=CONFIG, chunk_size=1024, progress=False)
+    base = fit_stream(peak, P0, (X, Y, SIGMA), config=CONFIG, block_size=1024, progress=False)
 
     mm = np.lib.format.open_memmap(tmp_path / "data.npy", mode="w+", shape=(3, N))
     mm[:] = np.stack([X, Y, SIGMA])
     mm.flush()
     mm = np.load(tmp_path / "data.npy", mmap_mode="r")
     from_memmap = fit_stream(peak, P0, sources.ArraySource(mm[0], mm[1], mm[2]), config=CONFIG,
-                             chunk_size=1024, progress=False)
+                             block_size=1024, progress=False)
 
     path = tmp_path / "data.h5"
     with h5py.File(path, "w") as f:
         f["x"], f["y"], f["sigma"] = X, Y, SIGMA
     from_hdf5 = fit_stream(peak, P0, sources.HDF5Source(path, sigma="sigma"), config=CONFIG,
-                           chunk_size=1024, progress=False)
+                           block_size=1024, progress=False)
 
     cuts = [0, 7, 700, 701, 1900, 2999, N]  # ragged chunks, re-cut by the driver
 
@@ -136,7 +137,7 @@ def test_memmap_hdf5_and_generator_sources_agree(reference, tmp_path):
         for a, b in zip(cuts[:-1], cuts[1:], strict=True):
             yield X[a:b], Y[a:b], SIGMA[a:b]
 
-    from_generator = fit_stream(peak, P0, chunks, config=CONFIG, chunk_size=1024,
+    from_generator = fit_stream(peak, P0, chunks, config=CONFIG, block_size=1024,
                                 progress=False)
     for result in (from_memmap, from_hdf5, from_generator):
         assert_same_fit(result, base, 1e-13)
@@ -165,7 +166,7 @@ def test_hdf5_two_dimensional_x_bounds_args_absolute_sigma(tmp_path):
                         absolute_sigma=True, config=dataclasses.replace(CONFIG, chunk_size=1024))
     source = sources.HDF5Source(path, x="inputs/x", y="inputs/y", sigma="sd")
     result = fit_stream(plane_peak, P0, source, bounds=bounds, args=args, absolute_sigma=True,
-                        config=CONFIG, chunk_size=1024, progress=False)
+                        config=CONFIG, block_size=1024, progress=False)
     assert float(ref.params[3]) == pytest.approx(0.45, rel=1e-15)  # the bound binds
     assert_same_fit(result, ref, 1e-11)
     np.testing.assert_allclose(result.params, TRUTH, rtol=0.15)  # sanity: a real fit
@@ -187,7 +188,7 @@ def test_warmup_reads_only_the_sampled_chunks(reference):
     """warmup_chunks=2 of 6: the warmup reads 2 chunks, not the file, and GN still converges
     to the in-memory optimum."""
     source = CountingSource(X, Y, SIGMA)
-    result = fit_stream(peak, P0, source, config=CONFIG, chunk_size=500, warmup_chunks=2,
+    result = fit_stream(peak, P0, source, config=CONFIG, block_size=500, warmup_chunks=2,
                         progress=False)
     passes = int(result.gn_iterations) + 1
     # the head (one chunk) + 2 warmup chunks + the passes (each also reads 1 point for the
@@ -202,7 +203,7 @@ def test_float32_stays_float32(reference):
     """float32 data and start give a float32 fit close to the float64 one."""
     result = fit_stream(peak, P0.astype(np.float32),
                         (X.astype(np.float32), Y.astype(np.float32), SIGMA.astype(np.float32)),
-                        chunk_size=1024, progress=False)
+                        block_size=1024, progress=False)
     assert result.params.dtype == jnp.float32
     np.testing.assert_allclose(result.params, reference.params, rtol=1e-4)
 
@@ -217,7 +218,7 @@ def test_nan_chunk_names_the_chunk():
     y[2100] = np.nan
     message = r"chunk 2 \(points 2048 to 2999\): y contains NaN.*point 2100"
     with pytest.raises(ValueError, match=message):
-        fit_stream(peak, P0, (X, y), chunk_size=1024, progress=False)
+        fit_stream(peak, P0, (X, y), block_size=1024, progress=False)
 
 
 def test_nan_in_hdf5_names_dataset_and_chunk(tmp_path):
@@ -229,7 +230,7 @@ def test_nan_in_hdf5_names_dataset_and_chunk(tmp_path):
         f["x"], f["values"] = X, y
     threads = threading.active_count()
     with pytest.raises(ValueError, match=r"chunk 2 .*dataset 'values' of bad.h5.*NaN or Inf"):
-        fit_stream(peak, P0, sources.HDF5Source(path, y="values"), chunk_size=1024,
+        fit_stream(peak, P0, sources.HDF5Source(path, y="values"), block_size=1024,
                    progress=False)
     assert threading.active_count() == threads  # the read-ahead thread has stopped
 
@@ -283,7 +284,7 @@ def test_nonpositive_sigma_and_changing_source():
     sigma = SIGMA.copy()
     sigma[5] = 0.0
     with pytest.raises(ValueError, match=r"chunk 0 .*sigma must be strictly positive.*point 5"):
-        fit_stream(peak, P0, (X, Y, sigma), chunk_size=1024, progress=False)
+        fit_stream(peak, P0, (X, Y, sigma), block_size=1024, progress=False)
 
     calls = []
 
@@ -293,7 +294,7 @@ def test_nonpositive_sigma_and_changing_source():
         yield X[:stop], Y[:stop]
 
     with pytest.raises(ValueError, match="source changed between passes"):
-        fit_stream(peak, P0, shrinking, config=CONFIG, chunk_size=1024, progress=False)
+        fit_stream(peak, P0, shrinking, config=CONFIG, block_size=1024, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,10 +303,10 @@ def test_nonpositive_sigma_and_changing_source():
 
 
 def test_progress_bar(capsys):
-    fit_stream(peak, P0, (X, Y, SIGMA), config=CONFIG, chunk_size=1024, progress=True)
+    fit_stream(peak, P0, (X, Y, SIGMA), config=CONFIG, block_size=1024, progress=True)
     err = capsys.readouterr().err
     assert "hybrid_gn iterations" in err and "gauss-newton" in err
-    fit_stream(peak, P0, (X, Y, SIGMA), config=CONFIG, chunk_size=1024, progress=False)
+    fit_stream(peak, P0, (X, Y, SIGMA), config=CONFIG, block_size=1024, progress=False)
     assert capsys.readouterr().err == ""
 
 
@@ -358,7 +359,7 @@ def chunks():  # generated on the fly: the data never exists in memory as a whol
 
 
 result = hybrid_gn.fit_stream(model, np.array([2.0, 4.6, 1.1, 0.2, 0.0]), chunks,
-                              chunk_size=1 << 16, progress=False)
+                              block_size=1 << 16, progress=False)
 assert bool(result.success), result.message
 print(rss_mib("VmHWM") - baseline)
 """

@@ -134,8 +134,7 @@ def restore(checkpoint: Checkpoint, template: PyTree, fingerprint: dict, config:
     structure, shapes and dtypes of the state the current problem would start
     from.
     """
-    _compare(path, "problem", checkpoint.header["fingerprint"], fingerprint)
-    _compare(path, "configuration", checkpoint.header["config"], config)
+    check_identity(checkpoint, fingerprint, config, path)
     expected, treedef = jax.tree.flatten(template)
     if len(expected) != len(checkpoint.leaves):
         raise CheckpointError(f"checkpoint {path} holds {len(checkpoint.leaves)} state arrays, "
@@ -146,6 +145,13 @@ def restore(checkpoint: Checkpoint, template: PyTree, fingerprint: dict, config:
                                   f"and dtype {leaf.dtype}, this problem expects "
                                   f"{tuple(want.shape)} and {np.dtype(want.dtype)}")
     return jax.tree.unflatten(treedef, [jax.numpy.asarray(leaf) for leaf in checkpoint.leaves])
+
+
+def check_identity(checkpoint: Checkpoint, fingerprint: dict, config: dict,
+                   path: str | os.PathLike = "checkpoint") -> None:
+    """Refuse a checkpoint written for another problem or configuration."""
+    _compare(path, "problem", checkpoint.header["fingerprint"], fingerprint)
+    _compare(path, "configuration", checkpoint.header["config"], config)
 
 
 def _compare(path, what: str, saved: dict, current: dict) -> None:

@@ -22,11 +22,13 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from .. import _pipeline as pipeline
 from .. import sampling
 from .._config import Config
-from .._phases import _accumulate as accumulate
+from .._data import Data
+from .._jit import jit
+from .._model import Model
 from .._phases import _warmup as warmup
+from .._phases._start_fit import relative_loss
 from .._result import Result
 from .._validate import check_fit
-from ._fit import Model, finish, prepare
 
 
 class Tournament(eqx.Module):
@@ -101,32 +103,21 @@ def _as_key(key) -> PRNGKeyArray:
                     f"{type(key).__name__}")
 
 
-@eqx.filter_jit
+@jit
 def _jitted(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config: Config,
             tournament: Tournament, key) -> Result:
-    problem, data, residual, config = prepare(model, p0, x, y, sigma, bounds, args, mask,
-                                              config)
-    lower, upper = problem.lower, problem.upper
-
+    setup, data = pipeline.prepare(model, p0, x, y, sigma, bounds, args, mask, config)
+    problem = setup.problem
     theta0 = problem.norm.to_params(problem.u0)
     thetas = sampling.candidates(tournament.method, tournament.n_candidates, theta0,
                                  problem.lb, problem.ub, key=key,
                                  box_scale=tournament.box_scale)
-    u = jnp.clip(problem.norm.to_normalized(thetas), lower, upper)
+    u = jnp.clip(problem.norm.to_normalized(thetas), problem.lower, problem.upper)
+    u = _tournament(setup, data, u, tournament)
 
-    alive = tournament.survivors()
-    warm = dataclasses.replace(config, warmup=True, warmup_max_iter=tournament.iterations)
-    for r in range(tournament.rounds):
-        size = min(data.n, tournament.first_subset * 2**r)
-        best_u, best_loss = jax.vmap(
-            lambda u0, size=size: _warmup(residual, u0, lower, upper, data.subsample(size), warm)
-        )(u)
-        score = jnp.where(jnp.isfinite(best_loss), best_loss, jnp.inf)
-        _, order = jax.lax.top_k(-score, alive[r + 1])
-        u = best_u[order]
-
-    gn_config = dataclasses.replace(config, warmup=False)
-    states = jax.vmap(lambda u0: pipeline.run(residual, u0, lower, upper, data, gn_config))(u)
+    gauss_newton_only = eqx.tree_at(lambda s: s.config, setup,
+                                    dataclasses.replace(setup.config, warmup=False))
+    states = jax.vmap(lambda u0: pipeline.run(gauss_newton_only, data, u0))(u)
     cost = states.gauss_newton.model.cost
     finite = jnp.isfinite(cost)
     winner = jnp.argmin(jnp.where(finite, cost, jnp.inf))
@@ -134,18 +125,32 @@ def _jitted(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config: 
     # no candidate with a finite cost: the failed result holds the start, as `fit`'s does
     state = eqx.tree_at(lambda s: s.gauss_newton.u, state,
                         jnp.where(jnp.any(finite), state.gauss_newton.u, problem.u0))
-    return finish(problem, state, data, (x, y, sigma, args), mask, absolute_sigma, config)
+    return pipeline.finish(setup, state, data, (x, y, sigma, args), mask, absolute_sigma)
 
 
-def _warmup(residual, u0, lower, upper, sample, config: Config
+def _tournament(setup: pipeline.Setup, data: Data, u: Float[Array, "c p"],
+                tournament: Tournament) -> Float[Array, "s p"]:
+    """The survivors of the warmup rounds: each round warms every candidate up on a
+    strided subset (twice as large as the last) and keeps the best `keep` fraction."""
+    alive = tournament.survivors()
+    config = dataclasses.replace(setup.config, warmup=True,
+                                 warmup_max_iter=tournament.iterations)
+    for r in range(tournament.rounds):
+        sample = data.subsample(min(data.n, tournament.first_subset * 2**r))
+        best_u, best_loss = jax.vmap(lambda u0, sample=sample: _warmup(setup, u0, sample,
+                                                                          config))(u)
+        score = jnp.where(jnp.isfinite(best_loss), best_loss, jnp.inf)
+        _, order = jax.lax.top_k(-score, alive[r + 1])
+        u = best_u[order]
+    return u
+
+
+def _warmup(setup: pipeline.Setup, u0, sample: Data, config: Config
             ) -> tuple[Float[Array, " p"], Float[Array, ""]]:
     """One candidate's round: the guarded L-BFGS warmup on `sample`; its best point and loss."""
-    n_sample = jnp.sum(sample.weight > 0)
-
-    def loss(u):
-        return accumulate.cost(residual, jnp.clip(u, lower, upper), sample) / n_sample
-
-    state = warmup.init(u0, loss, pipeline.relative_loss(residual, u0, sample), config)
+    lower, upper = setup.problem.lower, setup.problem.upper
+    loss = pipeline.warmup_loss(setup, sample)
+    state = warmup.init(u0, loss, relative_loss(setup.residual, u0, sample), config)
     state = jax.lax.while_loop(lambda s: s.running,
                                lambda s: warmup.update(s, loss, lower, upper, config), state)
     return state.best_u, state.best_loss

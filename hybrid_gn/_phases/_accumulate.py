@@ -101,20 +101,10 @@ def linearize(residual: ResidualFn, u, data: Data, mode: JacobianMode,
 
     `use_qr` (a traced bool) picks the reduction when `factorization` is auto.
     """
-    forward = use_forward_mode(mode, u.shape[0], data.chunk_size)
-
-    def fold(acc, i):
-        x, y, w = data.chunk(i)
-        return fold_chunk(residual, u, acc, x, y, w, forward), None
-
     def by(qr: bool):
         def reduce():
-            acc = empty_accumulator(u.shape[0], u.dtype, qr)
-            if data.n_chunks == 1:
-                acc, _ = fold(acc, 0)
-            else:
-                acc, _ = jax.lax.scan(fold, acc, jnp.arange(data.n_chunks))
-            return finish(acc)
+            return finish(fold_data(residual, u, empty_accumulator(u.shape[0], u.dtype, qr),
+                                    data, mode))
         return reduce
 
     if factorization == "qr":
@@ -174,6 +164,20 @@ def fold_chunk(residual: ResidualFn, u, acc: Accumulator, x, y, w, forward: bool
     else:
         jtj, jtr = jnp.dot(jt, jt.T, precision=_HIGHEST), jnp.dot(jt, r, precision=_HIGHEST)
     return NormalAccumulator(acc.jtj + jtj, acc.jtr + jtr, cost)
+
+
+def fold_data(residual: ResidualFn, u, acc: Accumulator, data: Data,
+              mode: JacobianMode) -> Accumulator:
+    """`acc` with every chunk of `data` folded in (one compiled scan over the chunks)."""
+    forward = use_forward_mode(mode, u.shape[0], data.chunk_size)
+
+    def body(acc, i):
+        x, y, w = data.chunk(i)
+        return fold_chunk(residual, u, acc, x, y, w, forward), None
+
+    if data.n_chunks == 1:
+        return body(acc, 0)[0]
+    return jax.lax.scan(body, acc, jnp.arange(data.n_chunks))[0]
 
 
 def finish(acc: Accumulator) -> Linearization:

@@ -16,7 +16,7 @@ iterate.
 
 The first radius depends on how well the start fits. From a poor start (the
 shape of its prediction is wrong, or it is far off the data: see
-`Config.poor_shape_threshold`, `pipeline.start_fit`) the linear model is
+`Config.poor_shape_threshold`, `_start_fit`) the linear model is
 poor, yet a long Gauss-Newton step can still lower the cost: the ratio test
 accepts it, and the fit goes on in whatever basin the leap landed in. On sums
 of peaks, damped sinusoids and sums of exponentials a full first radius made
@@ -33,8 +33,6 @@ and would compile a warmup loop into every fit of small data.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -44,9 +42,6 @@ from .._config import Config
 from .._result import Status
 from ._accumulate import Linearization
 from ._linalg import trust_region_step
-
-# evaluate(u, use_qr) -> the Gauss-Newton model at u, by streamed QR if use_qr
-Evaluate = Callable[[Float[Array, " p"], Bool[Array, ""]], Linearization]
 
 
 class GaussNewtonState(eqx.Module):
@@ -66,7 +61,7 @@ class GaussNewtonState(eqx.Module):
 
 def init(u0: Float[Array, " p"], poor, config: Config) -> GaussNewtonState:
     """A state whose first update evaluates `u0` (no step is taken); a `poor` start
-    (`pipeline.poor_start`) gets the small first radius."""
+    (`_start_fit.poor_start`) gets the small first radius."""
     p = u0.shape[0]
     zero = jnp.zeros((), u0.dtype)
     model = Linearization(jnp.zeros((p, p), u0.dtype), jnp.zeros_like(u0), zero)
@@ -139,20 +134,12 @@ def propose(state: GaussNewtonState, lower, upper) -> Proposal:
     return Proposal(trial, -(eq.qtr @ r_step + 0.5 * r_step @ r_step))
 
 
-def update(state: GaussNewtonState, evaluate: Evaluate, lower, upper,
-           config: Config) -> GaussNewtonState:
-    """One trust-region iteration (or the evaluation of the start): one pass over the data."""
-    proposal = propose(state, lower, upper)
-    return conclude(state, proposal, evaluate(proposal.trial, state.use_qr), lower, upper,
-                    config)
-
-
 def conclude(state: GaussNewtonState, proposal: Proposal, new: Linearization, lower, upper,
              config: Config) -> GaussNewtonState:
     """Accept or reject the trial given its model `new`; update radius and status.
 
-    Split from `propose` so that a driver which streams the data from the host
-    can evaluate the trial between the two.
+    One iteration is `propose`, the evaluation of the trial (one pass over the
+    data, by the driver: in memory or streamed from the host), then this.
     """
     eq = state.model
     u = state.u
