@@ -35,7 +35,36 @@ class Block(NamedTuple):
 
     x: PyTree  # arrays with leading axis m
     y: np.ndarray  # (m,)
-    sigma: np.ndarray | None  # (m,) or None
+    sigma: np.ndarray | None  # (m,) standard deviations, or None
+
+    @property
+    def length(self) -> int:
+        """The number of points (the length of `y`)."""
+        return int(np.shape(self.y)[0])
+
+    def take(self, start: int, stop: int) -> Block:
+        """Points `start:stop` (views, no copy)."""
+        return Block(jax.tree.map(lambda a: a[start:stop], self.x), self.y[start:stop],
+                     None if self.sigma is None else self.sigma[start:stop])
+
+    def as_numpy(self, native: bool = True) -> Block:
+        """Every array as a numpy array (see `numpy_array`); `y` and `sigma` are one array
+        each even when given as lists."""
+        return Block(jax.tree.map(lambda a: numpy_array(a, native), self.x),
+                     numpy_array(self.y, native),
+                     None if self.sigma is None else numpy_array(self.sigma, native))
+
+
+def numpy_array(a, native: bool = True) -> np.ndarray:
+    """`a` as a numpy array: numpy arrays (a memmap too) are kept as they are, unless
+    `native` and their byte order is not the machine's (big-endian HDF5/FITS data)."""
+    a = a if isinstance(a, np.ndarray) else np.asarray(a)
+    return a if not native or a.dtype.isnative else a.astype(native_dtype(a.dtype))
+
+
+def native_dtype(dtype: np.dtype) -> np.dtype:
+    """`dtype` in the machine's byte order."""
+    return dtype.newbyteorder("=")
 
 
 class Chunk(NamedTuple):
@@ -103,9 +132,7 @@ class ArraySource(ChunkSource):
 
     def __init__(self, x: PyTree, y, sigma=None):
         # kept as given (a memmap stays on disk); blocks are converted as they are read
-        self.x = jax.tree.map(_array, x)
-        self.y = _array(y)
-        self.sigma = None if sigma is None else _array(sigma)
+        self.x, self.y, self.sigma = Block(x, y, sigma).as_numpy(native=False)
         if self.y.ndim != 1:
             raise ValueError(f"y must be 1-D of shape (n,), got shape {self.y.shape}")
         self.n_points = int(self.y.shape[0])
@@ -118,8 +145,7 @@ class ArraySource(ChunkSource):
                              f"got {self.sigma.shape}")
 
     def block_range(self, start: int, stop: int) -> Block:
-        return Block(jax.tree.map(lambda a: a[start:stop], self.x), self.y[start:stop],
-                     None if self.sigma is None else self.sigma[start:stop])
+        return Block(self.x, self.y, self.sigma).take(start, stop)
 
     def blocks(self, size: int) -> Iterator[Block]:
         for start in range(0, self.n_points, size):
@@ -208,7 +234,7 @@ class HDF5Source(ChunkSource):
         with h5py.File(self.path, "r") as f:
             datasets = [f[name] for name in self.names.values() if name is not None]
             self._check_length(f)
-            buffers = [np.empty((size, *d.shape[1:]), _native(d.dtype)) for d in datasets]
+            buffers = [np.empty((size, *d.shape[1:]), native_dtype(d.dtype)) for d in datasets]
             for start in range(0, self.n_points, size):
                 m = min(size, self.n_points - start)
                 for d, b in zip(datasets, buffers, strict=True):
@@ -245,8 +271,7 @@ class CallableSource(ChunkSource):
                 raise ValueError(f"chunk {i} from the source must be a tuple (x, y) or "
                                  f"(x, y, sigma), got {type(item).__name__}")
             x, y, sigma = (*item, None) if len(item) == 2 else item
-            yield Block(jax.tree.map(_as_numpy, x), _as_numpy(y),
-                        None if sigma is None else _as_numpy(sigma))
+            yield Block(x, y, sigma).as_numpy()
 
 
 def as_source(data) -> ChunkSource:
@@ -334,20 +359,6 @@ def _real(dtype) -> bool:
             or dtype == np.bool_)
 
 
-def _array(a) -> np.ndarray:
-    return a if isinstance(a, np.ndarray) else np.asarray(a)
-
-
-def _as_numpy(a) -> np.ndarray:
-    """`a` as a numpy array in native byte order (big-endian HDF5/FITS data is converted)."""
-    a = _array(a)
-    return a if a.dtype.isnative else a.astype(_native(a.dtype))
-
-
-def _native(dtype: np.dtype) -> np.dtype:
-    return dtype.newbyteorder("=")
-
-
 def _weight(block: Block, dtype) -> np.ndarray:
     if block.sigma is None:
         return np.ones(np.shape(block.y)[0], dtype)
@@ -363,29 +374,19 @@ def _concat(blocks: Sequence[Block]) -> Block:
                  np.concatenate([b.sigma for b in blocks]) if has_sigma else None)
 
 
-def _take(block: Block, start: int, stop: int) -> Block:
-    return Block(jax.tree.map(lambda a: a[start:stop], block.x), block.y[start:stop],
-                 None if block.sigma is None else block.sigma[start:stop])
-
-
-def _length(block: Block) -> int:
-    return int(np.shape(block.y)[0])
-
-
 def checked_blocks(source: ChunkSource, size: int, check_finite: bool,
                    blocks: Iterable[Block] | None = None) -> Iterator[tuple[int, Block]]:
     """The source's blocks of one pass, each checked, with the index of their first point."""
     layout = None
     start = 0
     for i, block in enumerate(source.blocks(size) if blocks is None else blocks):
-        block = Block(jax.tree.map(_as_numpy, block.x), _as_numpy(block.y),
-                      None if block.sigma is None else _as_numpy(block.sigma))
+        block = block.as_numpy()
         check_block(source, block, i, start, layout, check_finite)
         if layout is None:
             layout = Layout.of(block)
-        if _length(block):
+        if block.length:
             yield start, block
-        start += _length(block)
+        start += block.length
 
 
 class _Slot(NamedTuple):
@@ -414,7 +415,7 @@ class _SlotPool:
         if self.free.empty() and self.made < self.count:
             self.made += 1
             return _Slot(jax.tree.map(
-                lambda a: np.empty((self.size, *a.shape[1:]), _native(a.dtype)), like.x),
+                lambda a: np.empty((self.size, *a.shape[1:]), native_dtype(a.dtype)), like.x),
                          np.empty(self.size, self.dtype), np.empty(self.size, self.dtype))
         while True:
             if self.closed.is_set():
@@ -444,7 +445,7 @@ def _filled(source: ChunkSource, size: int, dtype, check_finite: bool,
         return
     slot, fill, index = None, 0, 0
     for _, block in checked_blocks(source, size, check_finite):
-        m, taken = _length(block), 0
+        m, taken = block.length, 0
         while taken < m:
             if slot is None:
                 slot, fill = acquire(block), 0
@@ -489,7 +490,7 @@ def _filled_directly(source: ChunkSource, size: int, check_finite: bool,
 def _finished(source: ChunkSource, slot: _Slot, view: Block, index: int, start: int,
               size: int, check_finite: bool) -> Chunk:
     """The chunk in `slot` once its `view` has been read: checked, weighted, padded."""
-    m = _length(view)
+    m = view.length
     check_block(source, view, index, start, None, check_finite)
     if view.sigma is None:
         slot.weight[:m] = 1
@@ -631,16 +632,15 @@ def survey(source: ChunkSource, size: int, check_finite: bool) -> Survey:
         if n == 0:
             raise ValueError("the source is empty: it has no data points")
         head = source.block_range(0, min(size, n))
-        head = Block(jax.tree.map(_as_numpy, head.x), _as_numpy(head.y),
-                     None if head.sigma is None else _as_numpy(head.sigma))
+        head = head.as_numpy()
         check_block(source, head, 0, 0, None, check_finite)
         return Survey(n, head)
     n = 0
     first: list[Block] = []
     for _, block in checked_blocks(source, size, check_finite):
         if n < size:  # a copy: a source may reuse its buffers for the next block
-            first.append(jax.tree.map(np.array, _take(block, 0, size - n)))
-        n += _length(block)
+            first.append(jax.tree.map(np.array, block.take(0, size - n)))
+        n += block.length
     if n == 0:
         raise ValueError("the source is empty: a pass over it yielded no data points")
     return Survey(n, _concat(first))
@@ -676,8 +676,7 @@ def subsample(source: ChunkSource, size: int, n_points: int, n_select: int | Non
             for j in chosen.tolist():
                 start = j * size
                 block = source.block_range(start, min(start + size, n_points))
-                block = Block(jax.tree.map(_as_numpy, block.x), _as_numpy(block.y),
-                              None if block.sigma is None else _as_numpy(block.sigma))
+                block = block.as_numpy()
                 check_block(source, block, j, start, None, check_finite)
                 yield j, block, _weight(block, dtype)
         else:
@@ -698,4 +697,4 @@ def subsample(source: ChunkSource, size: int, n_points: int, n_select: int | Non
                            np.array(block.y[first::stride], dtype),
                            np.array(weight[first::stride], dtype)))
     whole = _concat(parts)  # sigma holds the weights here
-    return Chunk(0, 0, _length(whole), whole.x, whole.y, whole.sigma)
+    return Chunk(0, 0, whole.length, whole.x, whole.y, whole.sigma)

@@ -102,7 +102,7 @@ def fit_stream(
     if n < p:
         raise ValueError(f"too few data points: the source has n = {n}, fewer than the number "
                          f"of parameters p = {p}")
-    if sources._length(head) < p:
+    if head.length < p:
         raise ValueError(f"chunk_size = {chunk_size} must be at least the number of "
                          f"parameters p = {p}")
     inputs = check_fit(model, p0, head.x, head.y, head.sigma, bounds, check_finite, config, args,
@@ -452,7 +452,7 @@ def _to_data(chunk: Chunk) -> Data:
 
 
 def _head_chunk(head: sources.Block, dtype) -> Chunk:
-    m = sources._length(head)
+    m = head.length
     return Chunk(0, 0, m, head.x, np.asarray(head.y, dtype), np.ones(m, dtype))
 
 
@@ -484,7 +484,7 @@ def _fingerprint(model: Bound, p0: PyTree, problem: Problem, args, head: sources
         "sigma": head.sigma is not None,
         "start_and_bounds": digest(problem.norm, problem.lb, problem.ub, problem.u0),
         "args": digest(args),
-        "first_points": digest(sources._take(head, 0, 64)),  # whatever the chunk size
+        "first_points": digest(head.take(0, 64)),  # whatever the chunk size
     }
 
 
