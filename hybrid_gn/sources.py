@@ -22,7 +22,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -365,13 +365,11 @@ def _weight(block: Block, dtype) -> np.ndarray:
     return (1 / np.asarray(block.sigma, dtype)).astype(dtype)
 
 
-def _concat(blocks: Sequence[Block]) -> Block:
-    if len(blocks) == 1:
-        return blocks[0]
-    has_sigma = blocks[0].sigma is not None
-    return Block(jax.tree.map(lambda *a: np.concatenate(a), *[b.x for b in blocks]),
-                 np.concatenate([b.y for b in blocks]),
-                 np.concatenate([b.sigma for b in blocks]) if has_sigma else None)
+def _concat(parts: Sequence[_Points]) -> _Points:
+    """The points of `parts` (blocks, or weighted points, of one layout) one after another."""
+    if len(parts) == 1:
+        return parts[0]
+    return jax.tree.map(lambda *a: np.concatenate(a), *parts)
 
 
 def checked_blocks(source: ChunkSource, size: int, check_finite: bool,
@@ -618,6 +616,23 @@ def prefetch(items: Iterator, depth: int) -> Iterator:
 # ------------------------------------------------------------------------------------------
 
 
+class Weighted(NamedTuple):
+    """Points with their weights (1/sigma, or 1 without sigma): the warmup subsample."""
+
+    x: PyTree
+    y: np.ndarray
+    weight: np.ndarray
+
+    def strided(self, first: int, stride: int, dtype) -> Weighted:
+        """A copy of every `stride`-th point from `first` on (`y` and `weight` in `dtype`)."""
+        return Weighted(jax.tree.map(lambda a: np.array(a[first::stride]), self.x),
+                        np.array(self.y[first::stride], dtype),
+                        np.array(self.weight[first::stride], dtype))
+
+
+_Points = TypeVar("_Points", Block, Weighted)
+
+
 class Survey(NamedTuple):
     """What the driver needs before the first pass: the size and the first points."""
 
@@ -671,14 +686,14 @@ def subsample(source: ChunkSource, size: int, n_points: int, n_select: int | Non
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     offset = dict(zip(chosen.tolist(), offsets.tolist(), strict=True))
 
-    def selected() -> Iterator[tuple[int, Block, np.ndarray]]:  # (index, points, weight)
+    def selected() -> Iterator[tuple[int, Weighted]]:
         if source.random_access:
             for j in chosen.tolist():
                 start = j * size
                 block = source.block_range(start, min(start + size, n_points))
                 block = block.as_numpy()
                 check_block(source, block, j, start, None, check_finite)
-                yield j, block, _weight(block, dtype)
+                yield j, Weighted(block.x, block.y, _weight(block, dtype))
         else:
             last = int(chosen[-1])
             with contextlib.closing(chunks(source, size, dtype, check_finite)) as pass_:
@@ -686,15 +701,10 @@ def subsample(source: ChunkSource, size: int, n_points: int, n_select: int | Non
                     if chunk.index in offset:
                         m = min(chunk.n_valid, n_points - chunk.start)
                         x = jax.tree.map(lambda a, m=m: a[:m], chunk.x)
-                        yield chunk.index, Block(x, chunk.y[:m], None), chunk.weight[:m]
+                        yield chunk.index, Weighted(x, chunk.y[:m], chunk.weight[:m])
                     if chunk.index == last:
                         break
 
-    parts = []
-    for j, block, weight in selected():
-        first = (-offset[j]) % stride
-        parts.append(Block(jax.tree.map(lambda a, f=first: np.array(a[f::stride]), block.x),
-                           np.array(block.y[first::stride], dtype),
-                           np.array(weight[first::stride], dtype)))
-    whole = _concat(parts)  # sigma holds the weights here
-    return Chunk(0, 0, whole.length, whole.x, whole.y, whole.sigma)
+    whole = _concat([part.strided((-offset[j]) % stride, stride, dtype)
+                     for j, part in selected()])
+    return Chunk(0, 0, int(whole.y.shape[0]), whole.x, whole.y, whole.weight)
