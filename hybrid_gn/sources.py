@@ -312,12 +312,21 @@ class Layout(NamedTuple):
 def check_block(source: ChunkSource, block: Block, index: int, start: int,
                 layout: Layout | None, check_finite: bool) -> None:
     """Raise a ValueError naming chunk `index` (points from `start`) for bad data."""
-    m = np.shape(block.y)[0] if np.ndim(block.y) == 1 else None
-    where = f"chunk {index}"
-    if m is None:
-        raise ValueError(f"{where}: {source.describe('y')} must be 1-D, got shape "
+    if np.ndim(block.y) != 1:
+        raise ValueError(f"chunk {index}: {source.describe('y')} must be 1-D, got shape "
                          f"{np.shape(block.y)}")
+    m = np.shape(block.y)[0]
     where = f"chunk {index} (points {start} to {start + m - 1})"
+    _check_shapes(source, block, m, where)
+    if layout is not None:
+        _check_layout(source, block, layout, where)
+    if check_finite:
+        _check_finite(source, block, m, start, where)
+    _check_positive(source, block, m, start, where)
+
+
+def _check_shapes(source: ChunkSource, block: Block, m: int, where: str) -> None:
+    """Every array holds `m` points (sigma one number each) of real numbers (y, sigma)."""
     for leaf in jax.tree.leaves(block.x):
         if leaf.ndim == 0 or leaf.shape[0] != m:
             raise ValueError(f"{where}: {source.describe('x')} has shape {leaf.shape} but "
@@ -329,25 +338,35 @@ def check_block(source: ChunkSource, block: Block, index: int, start: int,
     if block.sigma is not None and block.sigma.shape != (m,):
         raise ValueError(f"{where}: {source.describe('sigma')} has shape {block.sigma.shape}, "
                          f"expected ({m},)")
-    if layout is not None:
-        mine = Layout.of(block)
-        if mine.has_sigma != layout.has_sigma:
-            raise ValueError(f"{where}: sigma is {'given' if mine.has_sigma else 'missing'} "
-                             f"here but {'given' if layout.has_sigma else 'missing'} in chunk 0")
-        if jax.tree.structure(mine.x) != jax.tree.structure(layout.x) or mine.x != layout.x:
-            raise ValueError(f"{where}: {source.describe('x')} has per-point shapes/dtypes "
-                             f"{mine.x}, but chunk 0 had {layout.x}")
-    if check_finite:
-        fields = [("y", block.y), *[("x", a) for a in jax.tree.leaves(block.x)]]
-        if block.sigma is not None:
-            fields.append(("sigma", block.sigma))
-        for name, a in fields:  # a sum is NaN/Inf if any value is (or, rarely, on overflow)
-            if (np.issubdtype(a.dtype, np.inexact) and not np.isfinite(np.sum(a))
-                    and not np.all(np.isfinite(a))):
-                bad = np.flatnonzero(~np.isfinite(a).reshape(m, -1).all(axis=1))
-                raise ValueError(f"{where}: {source.describe(name)} contains NaN or Inf "
-                                 f"({bad.size} points, first at point {start + bad[0]}); "
-                                 f"clean the data or pass check_finite=False")
+
+
+def _check_layout(source: ChunkSource, block: Block, layout: Layout, where: str) -> None:
+    """The block has chunk 0's per-point shapes and dtypes, and sigma if and only if it had."""
+    mine = Layout.of(block)
+    if mine.has_sigma != layout.has_sigma:
+        raise ValueError(f"{where}: sigma is {'given' if mine.has_sigma else 'missing'} "
+                         f"here but {'given' if layout.has_sigma else 'missing'} in chunk 0")
+    if jax.tree.structure(mine.x) != jax.tree.structure(layout.x) or mine.x != layout.x:
+        raise ValueError(f"{where}: {source.describe('x')} has per-point shapes/dtypes "
+                         f"{mine.x}, but chunk 0 had {layout.x}")
+
+
+def _check_finite(source: ChunkSource, block: Block, m: int, start: int, where: str) -> None:
+    """No NaN or Inf in x, y or sigma."""
+    fields = [("y", block.y), *[("x", a) for a in jax.tree.leaves(block.x)]]
+    if block.sigma is not None:
+        fields.append(("sigma", block.sigma))
+    for name, a in fields:  # a sum is NaN/Inf if any value is (or, rarely, on overflow)
+        if (np.issubdtype(a.dtype, np.inexact) and not np.isfinite(np.sum(a))
+                and not np.all(np.isfinite(a))):
+            bad = np.flatnonzero(~np.isfinite(a).reshape(m, -1).all(axis=1))
+            raise ValueError(f"{where}: {source.describe(name)} contains NaN or Inf "
+                             f"({bad.size} points, first at point {start + bad[0]}); "
+                             f"clean the data or pass check_finite=False")
+
+
+def _check_positive(source: ChunkSource, block: Block, m: int, start: int, where: str) -> None:
+    """sigma, where given, is strictly positive."""
     if block.sigma is not None and m and not np.min(block.sigma) > 0:
         bad = int(np.argmin(block.sigma > 0))
         raise ValueError(f"{where}: {source.describe('sigma')} must be strictly positive "
@@ -448,25 +467,34 @@ def _filled(source: ChunkSource, size: int, dtype, check_finite: bool,
             if slot is None:
                 slot, fill = acquire(block), 0
             k = min(size - fill, m - taken)
-            dst, src = slice(fill, fill + k), slice(taken, taken + k)
-            for d, a in zip(jax.tree.leaves(slot.x), jax.tree.leaves(block.x), strict=True):
-                np.copyto(d[dst], a[src])
-            np.copyto(slot.y[dst], block.y[src], casting="unsafe")
-            if block.sigma is None:
-                slot.weight[dst] = 1
-            else:
-                np.copyto(slot.weight[dst], block.sigma[src], casting="unsafe")
-                np.reciprocal(slot.weight[dst], out=slot.weight[dst])
+            _copy_into(slot, slice(fill, fill + k), block, slice(taken, taken + k))
             fill, taken = fill + k, taken + k
             if fill == size:
                 yield Chunk(index, index * size, size, slot.x, slot.y, slot.weight,
                             block.sigma is None), slot
                 slot, index = None, index + 1
     if slot is not None:
-        for a in (*jax.tree.leaves(slot.x), slot.y):
-            a[fill:] = a[fill - 1]
-        slot.weight[fill:] = 0
+        _pad(slot, fill)
         yield Chunk(index, index * size, fill, slot.x, slot.y, slot.weight), slot
+
+
+def _copy_into(slot: _Slot, dst: slice, block: Block, src: slice) -> None:
+    """Points `src` of `block` into points `dst` of `slot`, with weight 1/sigma (or 1)."""
+    for d, a in zip(jax.tree.leaves(slot.x), jax.tree.leaves(block.x), strict=True):
+        np.copyto(d[dst], a[src])
+    np.copyto(slot.y[dst], block.y[src], casting="unsafe")
+    if block.sigma is None:
+        slot.weight[dst] = 1
+    else:
+        np.copyto(slot.weight[dst], block.sigma[src], casting="unsafe")
+        np.reciprocal(slot.weight[dst], out=slot.weight[dst])
+
+
+def _pad(slot: _Slot, m: int) -> None:
+    """Points `m:` of `slot` as copies of point `m - 1`, with weight 0."""
+    for a in (*jax.tree.leaves(slot.x), slot.y):
+        a[m:] = a[m - 1]
+    slot.weight[m:] = 0
 
 
 def _filled_directly(source: ChunkSource, size: int, check_finite: bool,
@@ -495,9 +523,7 @@ def _finished(source: ChunkSource, slot: _Slot, view: Block, index: int, start: 
     else:
         np.reciprocal(view.sigma, out=view.sigma)
     if m < size:
-        for a in (*jax.tree.leaves(slot.x), slot.y):
-            a[m:] = a[m - 1]
-        slot.weight[m:] = 0
+        _pad(slot, m)
     return Chunk(index, start, m, slot.x, slot.y, slot.weight, view.sigma is None and m == size)
 
 
@@ -575,40 +601,41 @@ def prefetch(items: Iterator, depth: int) -> Iterator:
         return
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                buffer.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_END)
-        except _Stopped:
-            return
-        except BaseException as error:  # handed to the consumer, re-raised there
-            put(_Failure(error))
-
-    thread = threading.Thread(target=produce, name="hybrid_gn-reader", daemon=True)
+    thread = threading.Thread(target=_produce, args=(items, buffer, stop),
+                              name="hybrid_gn-reader", daemon=True)
     thread.start()
     try:
-        while True:
-            item = buffer.get()
-            if item is _END:
-                return
+        while (item := buffer.get()) is not _END:
             if isinstance(item, _Failure):
                 raise item.error
             yield item
     finally:
         stop.set()
         thread.join()
+
+
+def _produce(items: Iterator, buffer: queue.Queue, stop: threading.Event) -> None:
+    """The reading thread: every item into `buffer`, then `_END` or the error that ended it."""
+    try:
+        for item in items:
+            if not _put(buffer, stop, item):
+                return
+        _put(buffer, stop, _END)
+    except _Stopped:
+        return
+    except BaseException as error:  # handed to the consumer, re-raised there
+        _put(buffer, stop, _Failure(error))
+
+
+def _put(buffer: queue.Queue, stop: threading.Event, item) -> bool:
+    """`item` into `buffer` once it has room; False if the consumer stops first."""
+    while not stop.is_set():
+        try:
+            buffer.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 # ------------------------------------------------------------------------------------------
@@ -686,25 +713,34 @@ def subsample(source: ChunkSource, size: int, n_points: int, n_select: int | Non
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     offset = dict(zip(chosen.tolist(), offsets.tolist(), strict=True))
 
-    def selected() -> Iterator[tuple[int, Weighted]]:
-        if source.random_access:
-            for j in chosen.tolist():
-                start = j * size
-                block = source.block_range(start, min(start + size, n_points))
-                block = block.as_numpy()
-                check_block(source, block, j, start, None, check_finite)
-                yield j, Weighted(block.x, block.y, _weight(block, dtype))
-        else:
-            last = int(chosen[-1])
-            with contextlib.closing(chunks(source, size, dtype, check_finite)) as pass_:
-                for chunk in pass_:
-                    if chunk.index in offset:
-                        m = min(chunk.n_valid, n_points - chunk.start)
-                        x = jax.tree.map(lambda a, m=m: a[:m], chunk.x)
-                        yield chunk.index, Weighted(x, chunk.y[:m], chunk.weight[:m])
-                    if chunk.index == last:
-                        break
-
     whole = _concat([part.strided((-offset[j]) % stride, stride, dtype)
-                     for j, part in selected()])
+                     for j, part in _selected(source, size, n_points, chosen, dtype,
+                                              check_finite)])
     return Chunk(0, 0, int(whole.y.shape[0]), whole.x, whole.y, whole.weight)
+
+
+def _selected(source: ChunkSource, size: int, n_points: int, chosen: np.ndarray, dtype,
+              check_finite: bool) -> Iterator[tuple[int, Weighted]]:
+    """The `chosen` chunks (within the first `n_points` points) with their indices, checked."""
+    if not source.random_access:
+        yield from _selected_in_order(source, size, n_points, chosen, dtype, check_finite)
+        return
+    for j in chosen.tolist():
+        start = j * size
+        block = source.block_range(start, min(start + size, n_points)).as_numpy()
+        check_block(source, block, j, start, None, check_finite)
+        yield j, Weighted(block.x, block.y, _weight(block, dtype))
+
+
+def _selected_in_order(source: ChunkSource, size: int, n_points: int, chosen: np.ndarray,
+                       dtype, check_finite: bool) -> Iterator[tuple[int, Weighted]]:
+    """`_selected` for sources without random access: one pass up to the last chosen chunk."""
+    wanted, last = set(chosen.tolist()), int(chosen[-1])
+    with contextlib.closing(chunks(source, size, dtype, check_finite)) as pass_:
+        for chunk in pass_:
+            if chunk.index in wanted:
+                m = min(chunk.n_valid, n_points - chunk.start)
+                x = jax.tree.map(lambda a, m=m: a[:m], chunk.x)
+                yield chunk.index, Weighted(x, chunk.y[:m], chunk.weight[:m])
+            if chunk.index == last:
+                break
