@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
 
-from . import _digest, accumulate, gauss_newton, pipeline, sources, warmup
+from . import _digest, accumulate, gauss_newton, pipeline, warmup
 from . import checkpoint as checkpoints
 from ._model import Bound
 from ._validate import check_fit, float_dtype
@@ -40,7 +40,10 @@ from .gauss_newton import Proposal
 from .pipeline import PipelineState
 from .problem import Problem, make_problem
 from .result import Phase, Result, Trace
-from .sources import Chunk, ChunkSource
+from .sources import Block, ChunkSource, as_source
+from .sources._buffers import device_chunks
+from .sources._protocol import Chunk
+from .sources._survey import subsample, survey
 
 _DONE = 0  # phase code of a finished fit (as in pipeline)
 
@@ -95,9 +98,8 @@ def fit_stream(
         _check_int("warmup_chunks", warmup_chunks, 1)
     if checkpoint is not None:
         checkpoints.check_writable(checkpoint)
-    source = sources.as_source(source)
-    survey = sources.survey(source, chunk_size, check_finite)
-    n, head = survey.n_points, survey.head
+    source = as_source(source)
+    n, head = survey(source, chunk_size, check_finite)
     p = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(p0))
     if n < p:
         raise ValueError(f"too few data points: the source has n = {n}, fewer than the number "
@@ -157,12 +159,11 @@ class _Run:
                 # warmup.init still evaluates the start (the warmup mode in the Result): on
                 # the first points, all of them where the data is small, as `fit` does
                 first = min(n, config.warmup_max_points or size)
-                chunk = sources.subsample(self.source, size, first, None, None, self.dtype,
-                                          self.check_finite)
+                chunk = subsample(self.source, size, first, None, None, self.dtype,
+                                  self.check_finite)
             else:
-                chunk = sources.subsample(self.source, size, n, self.warmup_chunks,
-                                          config.warmup_max_points, self.dtype,
-                                          self.check_finite)
+                chunk = subsample(self.source, size, n, self.warmup_chunks,
+                                  config.warmup_max_points, self.dtype, self.check_finite)
             self.warmup_data = _to_data(chunk)
             data = self.warmup_data
             self._match("sample", _digest.text(_digest.fold(_digest.empty(), 0, data.x, data.y,
@@ -210,7 +211,7 @@ class _Run:
 
     # --- the iterations --------------------------------------------------------------------
 
-    def resume(self, path, head: sources.Block) -> PipelineState:
+    def resume(self, path, head: Block) -> PipelineState:
         """The state saved at `path`, once its problem, configuration and data match."""
         saved = checkpoints.read(path)
         template = _start.eval_shape(self.fixed, _to_data(_head_chunk(head, self.dtype)),
@@ -443,7 +444,7 @@ def _result(fixed: _Fixed, s: PipelineState, n_points, absolute_sigma) -> Result
 def _pass(source: ChunkSource, size: int, dtype, check_finite: bool,
           depth: int) -> Iterator[Chunk]:
     """One pass of padded device chunks, read `depth` chunks ahead in a thread."""
-    return sources.device_chunks(source, size, dtype, check_finite, depth)
+    return device_chunks(source, size, dtype, check_finite, depth)
 
 
 def _to_data(chunk: Chunk) -> Data:
@@ -451,7 +452,7 @@ def _to_data(chunk: Chunk) -> Data:
                 chunk.n_valid)
 
 
-def _head_chunk(head: sources.Block, dtype) -> Chunk:
+def _head_chunk(head: Block, dtype) -> Chunk:
     m = head.length
     return Chunk(0, 0, m, head.x, np.asarray(head.y, dtype), np.ones(m, dtype))
 
@@ -461,7 +462,7 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
-def _fingerprint(model: Bound, p0: PyTree, problem: Problem, args, head: sources.Block, n: int,
+def _fingerprint(model: Bound, p0: PyTree, problem: Problem, args, head: Block, n: int,
                  dtype) -> dict:
     """What identifies the problem: the model's computation (its jaxpr and constants, then
     its arrays with `args`), parameter layout, start and box, data layout. The data itself
