@@ -26,6 +26,7 @@ from .._model import Model
 from .._problem import flat_bounds
 from .._result import Result
 from .._validate import Inputs, check_fit, check_int, float_dtype
+from ..sources._survey import Survey, survey
 from . import _checkpoint as checkpoints
 from . import _stream_steps as steps
 from ._progress import Progress
@@ -76,24 +77,24 @@ def fit_stream(
     block_size = _block_size(block_size, chunk_size)
     _check_arguments(config, block_size, warmup_chunks, prefetch, checkpoint, checkpoint_every)
     source = sources.as_source(source)
-    survey = sources.survey(source, block_size, check_finite)
-    inputs = _check_inputs(model, p0, survey, bounds, args, check_finite, config, block_size)
-    block_size = min(block_size, survey.n_points)  # no block longer than the data
-    dtype = float_dtype(inputs.p0, survey.head.y)
+    surveyed = survey(source, block_size, check_finite)
+    inputs = _check_inputs(model, p0, surveyed, bounds, args, check_finite, config, block_size)
+    block_size = min(block_size, surveyed.n_points)  # no block longer than the data
+    dtype = float_dtype(inputs.p0, surveyed.head.y)
     p0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), inputs.p0)
     bounds = None if inputs.bounds is None else jax.tree.map(lambda b: jnp.asarray(b, dtype),
                                                              inputs.bounds)
-    run = StreamRun(source, survey.n_points, block_size, dtype, check_finite, prefetch,
+    run = StreamRun(source, surveyed.n_points, block_size, dtype, check_finite, prefetch,
                     warmup_chunks, checkpoint, checkpoint_every)
-    run.identify(_fingerprint(inputs, p0, bounds, survey),
+    run.identify(_fingerprint(inputs, p0, bounds, surveyed),
                  _settings(config, block_size, warmup_chunks, absolute_sigma, check_finite))
     saved = None if resume is None else run.expect(resume)
     setup = steps.make_setup(inputs.model, p0, bounds, inputs.model_args, config,
-                             run.sample(config), survey.n_points)
+                             run.sample(config), surveyed.n_points)
     state = steps.start(setup) if saved is None else run.restore(saved, setup)
-    with Progress(progress, -(-survey.n_points // block_size)) as bar:
+    with Progress(progress, -(-surveyed.n_points // block_size)) as bar:
         state = run.iterate(setup, state, bar)
-    return steps.result(setup, state, jnp.asarray(survey.n_points), absolute_sigma)
+    return steps.result(setup, state, jnp.asarray(surveyed.n_points), absolute_sigma)
 
 
 def _block_size(block_size: int, chunk_size: int | None) -> int:
@@ -119,7 +120,7 @@ def _check_arguments(config: Config, block_size, warmup_chunks, prefetch, checkp
         checkpoints.check_writable(checkpoint)
 
 
-def _check_inputs(model, p0, survey: sources.Survey, bounds, args, check_finite: bool,
+def _check_inputs(model, p0, survey: Survey, bounds, args, check_finite: bool,
                   config: Config, block_size: int) -> Inputs:
     """`check_fit` on the first block, after the counts only a stream has."""
     n, head = survey.n_points, survey.head
@@ -127,14 +128,14 @@ def _check_inputs(model, p0, survey: sources.Survey, bounds, args, check_finite:
     if n < p:
         raise ValueError(f"too few data points: the source has n = {n}, fewer than the number "
                          f"of parameters p = {p}")
-    if sources._length(head) < p:
+    if head.length < p:
         raise ValueError(f"block_size = {block_size} must be at least the number of "
                          f"parameters p = {p}")
     return check_fit(model, p0, head.x, head.y, head.sigma, bounds, check_finite, config, args,
                      n_points=n)
 
 
-def _fingerprint(inputs: Inputs, p0: PyTree, bounds, survey: sources.Survey) -> dict:
+def _fingerprint(inputs: Inputs, p0: PyTree, bounds, survey: Survey) -> dict:
     """What identifies the problem: the model's computation (its jaxpr and constants, then
     its arrays with `args`), parameter layout, start and box, data layout. The data itself
     is matched by its digests (`StreamRun`)."""
@@ -157,7 +158,7 @@ def _fingerprint(inputs: Inputs, p0: PyTree, bounds, survey: sources.Survey) -> 
         "sigma": head.sigma is not None,
         "start_and_bounds": digest(p0, flat_bounds(bounds, p0, dtype)),
         "args": digest(inputs.model_args),
-        "first_points": digest(sources._take(head, 0, 64)),  # whatever the block size
+        "first_points": digest(head.take(0, 64)),  # whatever the block size
     }
 
 

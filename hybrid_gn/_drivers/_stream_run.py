@@ -27,6 +27,8 @@ from .._data import Data
 from .._phases import _accumulate as accumulate
 from .._pipeline import PipelineState
 from .._result import Phase
+from ..sources._buffers import device_chunks
+from ..sources._survey import subsample
 from . import _checkpoint as checkpoints
 from . import _stream_steps as steps
 from ._progress import Progress
@@ -64,7 +66,7 @@ class StreamRun:
         max_points = config.warmup_max_points
         if not warmup_pays_off(config, self.n):
             max_points = max_points or config.chunk_size
-        chunk = sources.subsample(self.source, self.block_size, self.n, self.warmup_chunks,
+        chunk = subsample(self.source, self.block_size, self.n, self.warmup_chunks,
                                   max_points, self.dtype, self.check_finite)
         data = Data(jax.device_put(chunk.x), jnp.asarray(chunk.y), jnp.asarray(chunk.weight),
                     chunk.n_valid)
@@ -77,7 +79,7 @@ class StreamRun:
         """Read the source once, folding each chunk into `acc` at `u` when given; the pass's
         digest must match the data's, else nothing computed from it is used."""
         digest, seen = _digest.empty(), 0
-        with contextlib.closing(sources.device_chunks(self.source, self.block_size, self.dtype,
+        with contextlib.closing(device_chunks(self.source, self.block_size, self.dtype,
                                                       self.check_finite, self.prefetch)) as chunks:
             for chunk in chunks:
                 previous = (acc, digest)
