@@ -103,6 +103,11 @@ def pad_ragged(x, y, sigma=None):
             raise ValueError(f"y must be (B, n) or a sequence of 1-D arrays, got shape {y.shape}")
         sigma = None if sigma is None else real_array("sigma", sigma)
         return native_tree(x), y, sigma, jnp.ones(y.shape, bool)
+    return _pad_sequences(x, y, sigma)
+
+
+def _pad_sequences(x, y: Sequence, sigma):
+    """`pad_ragged` of B sequences of 1-D arrays of different lengths."""
     if len(y) == 0:
         raise ValueError("y is an empty sequence: there are no problems")
     if not isinstance(x, Sequence) or len(x) != len(y):

@@ -84,6 +84,39 @@ def test_matches_in_memory_fit(reference, chunk_size):
     np.testing.assert_array_equal(result.trace.phase[:length], reference.trace.phase[:length])
 
 
+def test_stream_equals_fit_from_a_start_near_zero(monkeypatch, capfd):
+    """Phase 0 is the same in both drivers: from p0 = [1, 0] the second parameter's scale is
+    floored by its influence on the residuals (1e4 here, not |p0| = 0 -> 1), so both take
+    the same iterations to the same answer; with Config(progress=True) both report them."""
+    def model(p, x):
+        return p[0] * x + 1e-6 * p[1] * x ** 2
+
+    rng = np.random.default_rng(3)
+    x = np.linspace(0.0, 1.0, 400)
+    y = 2.0 * x + 3e-5 * x ** 2 + 0.01 * rng.standard_normal(x.size)
+    p0 = np.array([1.0, 0.0])
+    config = Config(progress=True)
+    setups = []
+    make_setup = steps.make_setup
+    monkeypatch.setattr(steps, "make_setup", lambda *a: setups.append(make_setup(*a))
+                        or setups[-1])
+    streamed = fit_stream(model, p0, (x, y), config=config, block_size=x.size, progress=False)
+    stream_lines = capfd.readouterr().err.count("hybrid_gn gauss-newton iteration")
+    fused = hybrid_gn.fit(model, p0, x, y, config=config)
+    jax.effects_barrier()
+    fused_lines = capfd.readouterr().err.count("hybrid_gn gauss-newton iteration")
+
+    fused_setup, _ = hybrid_gn._pipeline.prepare(model, jnp.asarray(p0), x, jnp.asarray(y),
+                                                 None, None, None, None, config)
+    scale = np.asarray(fused_setup.problem.norm.scale)
+    assert scale[1] > 1e3  # the influence floor, not |p0| = 0 -> 1
+    np.testing.assert_array_equal(np.asarray(setups[0].problem.norm.scale), scale)
+    assert int(streamed.gn_iterations) == int(fused.gn_iterations)
+    np.testing.assert_allclose(streamed.params, fused.params, rtol=1e-10, atol=0)
+    passes = int(fused.gn_iterations) + 1
+    assert fused_lines == passes and stream_lines == passes
+
+
 def test_one_compiled_fold_for_all_chunks_and_passes():
     """Every chunk, including the padded last one, and every pass reuse one program."""
     pieces = (steps.start, steps.warmup_step, steps.propose, steps.fold, steps.conclude)

@@ -47,50 +47,13 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_
     if method not in (None, "lm", "trf", "dogbox"):
         raise ValueError(f"method must be None, 'lm', 'trf' or 'dogbox', got {method!r}")
     config = _config(options)
-    if not (isinstance(bounds, tuple | list) and len(bounds) == 2):
-        raise ValueError("bounds must be a pair (lb, ub)")
-    lb, ub = (np.asarray(real_array("bounds", b), float) for b in bounds)
-    n_params = _count_params(f, p0)
-    p0 = _initialize_feasible(lb, ub, n_params) if p0 is None else np.atleast_1d(
-        np.asarray(p0, float))
-    if p0.ndim != 1:
-        raise ValueError(f"p0 must be 1-D, got shape {p0.shape}")
-    if n_params is not None and p0.size != n_params:
-        raise ValueError(f"p0 has {p0.size} values but f takes {n_params} parameters")
-    for name, b in (("lower", lb), ("upper", ub)):
-        if b.size not in (1, p0.size) or b.ndim > 1:
-            raise ValueError(f"bounds ({name}) has shape {b.shape}: give a scalar or one value "
-                             f"per parameter of p0 ({p0.size})")
-    lb, ub = np.broadcast_to(lb, p0.shape), np.broadcast_to(ub, p0.shape)
-
-    ydata = np.asarray(real_array("ydata", ydata), float)
-    if ydata.ndim != 1:
-        raise ValueError(f"ydata must be 1-D, got shape {ydata.shape}")
-    xdata = np.asarray(real_array("xdata", xdata), float)
-    n = ydata.shape[0]
-    multi_dim_x = xdata.ndim >= 2
-    if multi_dim_x and xdata.shape[-1] != n:
-        raise ValueError(f"xdata of shape {xdata.shape} must be (k, n) with n = len(ydata) = {n}")
-    if not multi_dim_x and xdata.shape[:1] != (n,):
-        raise ValueError(f"xdata has shape {xdata.shape} but ydata has {n} points")
-    x = np.moveaxis(xdata, -1, 0) if multi_dim_x else xdata
-
+    p0, lb, ub = _start_and_bounds(f, p0, bounds)
+    x, y, multi_dim_x = _points(xdata, ydata)
     whitened = sigma is not None and np.ndim(sigma) == 2
     fit_sigma = None
-    y = ydata
     if whitened:
-        sigma = np.asarray(sigma, float)
-        if sigma.shape != (n, n):
-            raise ValueError(f"2-D sigma must have shape (n, n) = ({n}, {n}), got {sigma.shape}")
-        if check_finite and not np.all(np.isfinite(sigma)):
-            raise ValueError("sigma contains NaN or Inf")
-        try:
-            chol = np.linalg.cholesky(sigma)
-        except np.linalg.LinAlgError as err:
-            raise ValueError("2-D sigma must be a positive definite covariance matrix") from err
-        y = np.linalg.solve(chol, ydata)
-        x = (x, chol)
-        config = dataclasses.replace(config, chunk_size=n)  # one chunk: the whole whitening
+        x, y = _whitened(sigma, x, y, check_finite)
+        config = dataclasses.replace(config, chunk_size=y.shape[0])  # one chunk: the whole
     elif sigma is not None:
         fit_sigma = np.asarray(sigma, float)
 
@@ -113,6 +76,56 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_
         fvec = fvec / fit_sigma
     infodict = {"nfev": int(result.passes), "fvec": fvec}
     return popt, pcov, infodict, status.message, int(status)
+
+
+def _start_and_bounds(f, p0, bounds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """p0 (scipy's feasible default when None) and the bounds broadcast to its shape."""
+    if not (isinstance(bounds, tuple | list) and len(bounds) == 2):
+        raise ValueError("bounds must be a pair (lb, ub)")
+    lb, ub = (np.asarray(real_array("bounds", b), float) for b in bounds)
+    n_params = _count_params(f, p0)
+    p0 = _initialize_feasible(lb, ub, n_params) if p0 is None else np.atleast_1d(
+        np.asarray(p0, float))
+    if p0.ndim != 1:
+        raise ValueError(f"p0 must be 1-D, got shape {p0.shape}")
+    if n_params is not None and p0.size != n_params:
+        raise ValueError(f"p0 has {p0.size} values but f takes {n_params} parameters")
+    for name, b in (("lower", lb), ("upper", ub)):
+        if b.size not in (1, p0.size) or b.ndim > 1:
+            raise ValueError(f"bounds ({name}) has shape {b.shape}: give a scalar or one value "
+                             f"per parameter of p0 ({p0.size})")
+    return p0, np.broadcast_to(lb, p0.shape), np.broadcast_to(ub, p0.shape)
+
+
+def _points(xdata, ydata) -> tuple[np.ndarray, np.ndarray, bool]:
+    """x with the points on its leading axis (scipy's (k, n) xdata transposed), y, and
+    whether x had several dimensions."""
+    ydata = np.asarray(real_array("ydata", ydata), float)
+    if ydata.ndim != 1:
+        raise ValueError(f"ydata must be 1-D, got shape {ydata.shape}")
+    xdata = np.asarray(real_array("xdata", xdata), float)
+    n = ydata.shape[0]
+    multi_dim_x = xdata.ndim >= 2
+    if multi_dim_x and xdata.shape[-1] != n:
+        raise ValueError(f"xdata of shape {xdata.shape} must be (k, n) with n = len(ydata) = {n}")
+    if not multi_dim_x and xdata.shape[:1] != (n,):
+        raise ValueError(f"xdata has shape {xdata.shape} but ydata has {n} points")
+    return (np.moveaxis(xdata, -1, 0) if multi_dim_x else xdata), ydata, multi_dim_x
+
+
+def _whitened(sigma, x, y, check_finite: bool) -> tuple[tuple, np.ndarray]:
+    """With a covariance matrix `sigma` = L L^T: x carries L, y becomes L^-1 y."""
+    n = y.shape[0]
+    sigma = np.asarray(sigma, float)
+    if sigma.shape != (n, n):
+        raise ValueError(f"2-D sigma must have shape (n, n) = ({n}, {n}), got {sigma.shape}")
+    if check_finite and not np.all(np.isfinite(sigma)):
+        raise ValueError("sigma contains NaN or Inf")
+    try:
+        chol = np.linalg.cholesky(sigma)
+    except np.linalg.LinAlgError as err:
+        raise ValueError("2-D sigma must be a positive definite covariance matrix") from err
+    return (x, chol), np.linalg.solve(chol, y)
 
 
 @functools.lru_cache(maxsize=128)
