@@ -1,27 +1,26 @@
 """Many small fits: B problems of a 4-parameter Gaussian + offset, 64 points each.
 
-    python benchmarks/bench_many_small.py [--sizes 1e3,1e4] [--repeats 3] [--methods ...]
-                                          [--dtype float64|float32]
+    PYTHONPATH=. python benchmarks/bench_many_small.py --sizes 1e3,1e4 --repeats 3  # RESULTS.md
+    python benchmarks/bench_many_small.py [--methods ...] [--dtype float64|float32]
+                                          [--timeout 600]
 
 Truth per problem: amplitude U(1, 3), centre U(-1, 1), width U(0.5, 1.5),
 offset U(-0.5, 0.5); noise sd 0.05; start: truth perturbed by 20% of the
 amplitude/width and 0.3 in centre and offset. Each (method, B) runs in its
-own subprocess. Reported: fits per second (warm, median of --repeats),
-compile (first call minus warm), and the success fraction: problems whose
+own subprocess (`harness.in_subprocess`; one past --timeout is reported as timed out).
+Reported: fits per second (warm, median of --repeats), the warm time for all B
+(median, min–max), compile (first call minus warm), and the success fraction: problems whose
 fitted parameters are all within 0.1 of the truth (noise alone gives errors
 of about 0.01; a wrong local minimum misses by far more). The scipy loop is
-timed on 200 problems and extrapolated.
+timed on 200 problems (all of them when B is smaller) and extrapolated.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
-import time
 
+import harness
 import numpy as np
 
 N_POINTS = 64
@@ -47,19 +46,7 @@ def _gauss_np(x, a, mu, s, c):
 
 def _runner(method: str, x, y, start, dtype: str = "float64"):
     if method == "scipy loop":
-        from scipy.optimize import curve_fit
-
-        def run():
-            out = np.empty((SCIPY_SAMPLE, 4))
-            for i in range(SCIPY_SAMPLE):
-                try:
-                    out[i] = curve_fit(_gauss_np, x, y[i], p0=start[i])[0]
-                except RuntimeError:
-                    out[i] = np.nan
-            return out
-
-        return run
-
+        return _scipy_loop(x, y, start)
     import jax
     import jax.numpy as jnp
 
@@ -68,44 +55,11 @@ def _runner(method: str, x, y, start, dtype: str = "float64"):
     os.environ["JAX_ENABLE_X64"] = "1" if dtype == "float64" else "0"
     jax.config.update("jax_enable_x64", dtype == "float64")
     xj, yj, sj = (jnp.asarray(a, dtype) for a in (x, y, start))
-
-    def model(p, x):
-        a, mu, s, c = p
-        return a * jnp.exp(-0.5 * ((x - mu) / s) ** 2) + c
-
-    if method == "hybrid_gn fit_batch":
-        import hybrid_gn
-
-        xb = jnp.broadcast_to(xj, yj.shape)
-
-        def solve(y, p0):
-            return hybrid_gn.fit_batch(model, p0, xb, y).params
-    elif method == "hybrid_gn vmap(fit)":
-        import hybrid_gn
-
-        solve = jax.jit(jax.vmap(lambda y, p0: hybrid_gn.fit(model, p0, xj, y).params))
-    elif method == "optimistix LM":
-        import optimistix as optx
-
-        solver = optx.LevenbergMarquardt(rtol=1e-8, atol=1e-8)
-
-        def one(y, p0):
-            sol = optx.least_squares(lambda p, y: model(p, xj) - y, solver, p0, args=y,
-                                     max_steps=200, throw=False)
-            return sol.value
-
-        solve = jax.jit(jax.vmap(one))
-    elif method == "jaxopt LM":
-        import jaxopt
-
-        def one(y, p0):
-            lm = jaxopt.LevenbergMarquardt(lambda p, y: model(p, xj) - y, maxiter=200,
-                                           tol=1e-8)
-            return lm.run(p0, y).params
-
-        solve = jax.jit(jax.vmap(one))
-    else:
+    solvers = {"hybrid_gn fit_batch": _fit_batch, "hybrid_gn vmap(fit)": _vmap_fit,
+               "optimistix LM": _optimistix, "jaxopt LM": _jaxopt}
+    if method not in solvers:
         raise ValueError(method)
+    solve = solvers[method](xj, yj)
 
     def run():
         return np.asarray(jax.block_until_ready(solve(yj, sj)))
@@ -113,26 +67,92 @@ def _runner(method: str, x, y, start, dtype: str = "float64"):
     return run
 
 
-def child(method: str, b: int, repeats: int, dtype: str) -> dict:
-    x, y, truth, start = problems(b)
-    run = _runner(method, x, y, start, dtype)
-    t0 = time.perf_counter()
-    params = run()
-    first = time.perf_counter() - t0
-    warm = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        params = run()
-        warm.append(time.perf_counter() - t0)
-    fitted = len(params)
-    ok = np.all(np.abs(params - truth[:fitted]) < 0.1, axis=1)
-    w = float(np.median(warm))
+def _scipy_loop(x, y, start):
+    from scipy.optimize import curve_fit
+
+    sample = min(SCIPY_SAMPLE, len(y))
+
+    def run():
+        out = np.empty((sample, 4))
+        for i in range(sample):
+            try:
+                out[i] = curve_fit(_gauss_np, x, y[i], p0=start[i])[0]
+            except RuntimeError:
+                out[i] = np.nan
+        return out
+
+    return run
+
+
+def _jax_model(p, x):
+    import jax.numpy as jnp
+
+    a, mu, s, c = p
+    return a * jnp.exp(-0.5 * ((x - mu) / s) ** 2) + c
+
+
+def _fit_batch(xj, yj):
+    import jax.numpy as jnp
+
+    import hybrid_gn
+
+    xb = jnp.broadcast_to(xj, yj.shape)
+    return lambda y, p0: hybrid_gn.fit_batch(_jax_model, p0, xb, y).params
+
+
+def _vmap_fit(xj, yj):
     import jax
 
-    print(f"# {method}: jax {jax.__version__} on {jax.devices()[0].device_kind}", file=sys.stderr)
+    import hybrid_gn
+
+    return jax.jit(jax.vmap(lambda y, p0: hybrid_gn.fit(_jax_model, p0, xj, y).params))
+
+
+def _optimistix(xj, yj):
+    import jax
+    import optimistix as optx
+
+    solver = optx.LevenbergMarquardt(rtol=1e-8, atol=1e-8)
+
+    def one(y, p0):
+        sol = optx.least_squares(lambda p, y: _jax_model(p, xj) - y, solver, p0, args=y,
+                                 max_steps=200, throw=False)
+        return sol.value
+
+    return jax.jit(jax.vmap(one))
+
+
+def _jaxopt(xj, yj):
+    import jax
+    import jaxopt
+
+    def one(y, p0):
+        lm = jaxopt.LevenbergMarquardt(lambda p, y: _jax_model(p, xj) - y, maxiter=200,
+                                       tol=1e-8)
+        return lm.run(p0, y).params
+
+    return jax.jit(jax.vmap(one))
+
+
+def measure(method: str, b: int, repeats: int, dtype: str) -> dict:
+    """One (method, B) in this process: a first call, then `repeats` warm calls."""
+    x, y, truth, start = problems(b)
+    run = _runner(method, x, y, start, dtype)
+    first, warm = harness.time_calls(run, repeats)
+    params = warm.result
+    fitted = len(params)
+    ok = np.all(np.abs(params - truth[:fitted]) < 0.1, axis=1)
+    w = warm.stats.median
+    import jax
+
     return {"method": method, "B": b, "dtype": dtype, "fits_per_s": fitted / w,
-            "warm": w * b / fitted, "compile": max(first - w, 0.0),
-            "success": float(np.mean(ok))}
+            "warm": [t * b / fitted for t in warm.seconds],
+            "compile": max(first.seconds[0] - w, 0.0), "success": float(np.mean(ok)),
+            "device": f"jax {jax.__version__} on {jax.devices()[0].device_kind}"}
+
+
+HEADER = ["B", "method", "fits/s", "warm s (all B)", "compile s", "success",
+          "fit_batch fits/s ÷ this"]
 
 
 def main() -> None:
@@ -142,35 +162,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     parser.add_argument("--timeout", type=float, default=600, help="seconds per run")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--b", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(args.child, args.b, args.repeats, args.dtype)))
-        return
-    rows = []
+    rows, cells = [], []
     for b in (int(float(s)) for s in args.sizes.split(",")):
         for method in args.methods.split(","):
-            cmd = [sys.executable, __file__, "--child", method, "--b", str(b),
-                   "--repeats", str(args.repeats), "--dtype", args.dtype]
-            try:
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                                     timeout=args.timeout)
-            except subprocess.TimeoutExpired:
-                print(f"  {method:20s} B={b:.0e} timed out after {args.timeout} s", flush=True)
+            out = harness.in_subprocess(measure, method, b, args.repeats, args.dtype,
+                                        timeout=args.timeout)
+            if not out.ok:
+                print(f"  {method:20s} B={harness.sci(b)} {out.describe()}", flush=True)
+                cells.append([harness.sci(b), method, out.describe(), None, None, None, None])
                 continue
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(out.stderr.strip().splitlines()[-1], flush=True)
-            r = rows[-1]
-            print(f"  {method:20s} B={b:.0e} {r['fits_per_s']:10.0f} fits/s  compile "
-                  f"{r['compile']:.1f} s  success {r['success']:.3f}", flush=True)
-    print("\n| B | method | fits/s | warm s (all B) | compile s | success | fit_batch speed-up |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        ref = next((q for q in rows if q["B"] == r["B"] and q["method"] == METHODS[0]), None)
-        ratio = f"{ref['fits_per_s'] / r['fits_per_s']:.2f}" if ref else "-"
-        print(f"| {r['B']:.0e} | {r['method']} | {r['fits_per_s']:.0f} | {r['warm']:.2f} | "
-              f"{r['compile']:.1f} | {r['success']:.3f} | {ratio} |")
+            r = out.value
+            rows.append(r)
+            print(f"  {method:20s} B={harness.sci(b)} {r['fits_per_s']:10.0f} fits/s  compile "
+                  f"{r['compile']:.1f} s  success {r['success']:.3f}  ({r['device']})",
+                  flush=True)
+            ref = next((q for q in rows if q["B"] == b and q["method"] == METHODS[0]), None)
+            cells.append([harness.sci(b), method, f"{r['fits_per_s']:.0f}",
+                          harness.Stats.of(r["warm"]).text(".2f"), f"{r['compile']:.1f}",
+                          f"{r['success']:.3f}",
+                          f"{ref['fits_per_s'] / r['fits_per_s']:.2f}" if ref else None])
+    print()
+    print(harness.markdown_table(HEADER, cells))
 
 
 if __name__ == "__main__":

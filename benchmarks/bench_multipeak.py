@@ -1,7 +1,9 @@
 """Multi-minimum problems: does the default fit stop where scipy from the same start does?
 
+    PYTHONPATH=. python benchmarks/bench_multipeak.py                # RESULTS.md, 25 starts
+    PYTHONPATH=. python benchmarks/bench_multipeak.py --starts 100 --no-scipy-lm
     python benchmarks/bench_multipeak.py [--families two_gauss,...] [--starts 25]
-                                         [--config LABEL:KEY=VALUE,...] [--no-scipy-lm]
+        [--config LABEL:KEY=VALUE,...] [--no-scipy-lm] [--timeout 1800]
 
 Four families, each one data set (fixed seed, moderate noise) and `--starts`
 random starts drawn far from the truth (fixed seed):
@@ -24,7 +26,9 @@ for unbounded problems is 'lm'). Costs are 0.5 * sum of squared residuals,
 recomputed here from each method's parameters. Reported per method: how many
 starts reach the best cost any method found for the family (within `RTOL`),
 how many end worse / better than scipy trf from the same start (beyond
-`RTOL`), and the median warm wall time per fit.
+`RTOL`), and the warm wall time per fit (median, min–max over the starts). Each
+(family, method) runs in its own subprocess (`harness.in_subprocess`; one past
+--timeout is reported as timed out).
 """
 
 from __future__ import annotations
@@ -32,9 +36,9 @@ from __future__ import annotations
 import argparse
 import ast
 import functools
-import time
 import warnings
 
+import harness
 import numpy as np
 
 RTOL = 1e-6  # relative cost difference counted as "the same minimum"
@@ -188,18 +192,34 @@ def hybrid(config_kwargs: dict):
     return solve
 
 
-def run_method(solve, model, x, y, starts):
-    """Costs from each start and the median warm time per fit (a first call compiles)."""
-    solve(model, x, y, starts[0])
+def run_method(solve, model, x, y, starts) -> tuple[list[float], list[float]]:
+    """Costs from each start and the warm time of each fit (a first call compiles)."""
+    harness.timed_calls(lambda: solve(model, x, y, starts[0]))
     if hasattr(solve, "reasons"):
         solve.reasons.clear()
     costs, times = [], []
     for p0 in starts:
-        t0 = time.perf_counter()
-        params = solve(model, x, y, p0)
-        times.append(time.perf_counter() - t0)
-        costs.append(cost(model, params, x, y))
-    return np.array(costs), float(np.median(times))
+        call = harness.timed_calls(lambda p0=p0: solve(model, x, y, p0))
+        times.append(call.seconds[0])
+        costs.append(cost(model, call.result, x, y))
+    return costs, times
+
+
+def measure(name: str, n_starts: int, method: str, config_kwargs: dict) -> dict:
+    """One method on one family in this process: `method` is 'scipy trf', 'scipy
+    curve_fit (lm)' or a hybrid_gn variant run with Config(**config_kwargs)."""
+    model, x, y, starts = family(name, n_starts)
+    reasons = ""
+    if method == "scipy trf":
+        solve = scipy_trf
+    elif method == "scipy curve_fit (lm)":
+        solve = scipy_curve_fit
+    else:
+        solve = hybrid(config_kwargs)
+    costs, times = run_method(solve, model, x, y, starts)
+    if hasattr(solve, "reasons"):
+        reasons = _counts(solve.reasons)
+    return {"costs": costs, "times": times, "reasons": reasons}
 
 
 def parse_config(text: str) -> tuple[str, dict]:
@@ -222,31 +242,39 @@ def main() -> None:
     parser.add_argument("--config", action="append", default=[],
                         help="extra hybrid_gn variant, LABEL:KEY=VALUE,... (repeatable)")
     parser.add_argument("--no-scipy-lm", action="store_true", help="skip curve_fit")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="seconds per (family, method)")
     args = parser.parse_args()
 
     variants = [("hybrid_gn default", {}), ("hybrid_gn warmup=True", {"warmup": True})]
     variants += [parse_config(c) for c in args.config]
-    print("| family | method | reach best | worse than trf | better than trf | "
-          "warm s / fit | warmup reasons |")
-    print("|---|---|---|---|---|---|---|")
+    variants.append(("scipy trf", {}))
+    if not args.no_scipy_lm:
+        variants.append(("scipy curve_fit (lm)", {}))
+    header = ["family", "method", "reach best", "worse than trf", "better than trf",
+              "warm s / fit", "warmup reasons"]
+    table = []
     for name in args.families.split(","):
-        model, x, y, starts = family(name, args.starts)
-        rows = {}
-        for label, kwargs in variants:
-            solve = hybrid(kwargs)
-            rows[label] = (*run_method(solve, model, x, y, starts), _counts(solve.reasons))
-        rows["scipy trf"] = (*run_method(scipy_trf, model, x, y, starts), "")
-        if not args.no_scipy_lm:
-            rows["scipy curve_fit (lm)"] = (
-                *run_method(scipy_curve_fit, model, x, y, starts), "")
-        best = min(np.min(c) for c, _, _ in rows.values())
-        ref = rows["scipy trf"][0]
-        for label, (costs, warm, reasons) in rows.items():
-            reach = int(np.sum(costs <= best * (1 + RTOL)))
-            worse = int(np.sum(costs > ref * (1 + RTOL)))
-            better = int(np.sum(costs < ref * (1 - RTOL)))
-            print(f"| {name} | {label} | {reach}/{len(starts)} | {worse} | {better} | "
-                  f"{warm:.4f} | {reasons} |", flush=True)
+        runs = {label: harness.in_subprocess(measure, name, args.starts, label, kwargs,
+                                             timeout=args.timeout)
+                for label, kwargs in variants}
+        done = {label: np.array(o.value["costs"]) for label, o in runs.items() if o.ok}
+        best = min((np.min(c) for c in done.values()), default=np.nan)
+        ref = done.get("scipy trf")
+        for label, out in runs.items():
+            if not out.ok:
+                table.append([name, label, out.describe(), None, None, None, None])
+            else:
+                costs = done[label]
+                reach = int(np.sum(costs <= best * (1 + RTOL)))
+                worse = int(np.sum(costs > ref * (1 + RTOL))) if ref is not None else None
+                better = int(np.sum(costs < ref * (1 - RTOL))) if ref is not None else None
+                table.append([name, label, f"{reach}/{len(costs)}", worse, better,
+                              harness.Stats.of(out.value["times"]).text(".4f"),
+                              out.value["reasons"]])
+            print("  " + " | ".join(map(str, table[-1])), flush=True)
+    print()
+    print(harness.markdown_table(header, table))
 
 
 def _counts(names: list[str]) -> str:

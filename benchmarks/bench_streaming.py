@@ -1,16 +1,17 @@
 """Streaming benchmark: a peak fit to an HDF5 file bigger than we would like to hold.
 
-    python benchmarks/bench_streaming.py --n 1e8 --path /tmp/stream.h5 [--reference-n 1e7]
-        [--chunk 262144] [--keep]
+    python benchmarks/bench_streaming.py --n 1e8 --path /tmp/stream_1e8.h5 --reference-n 1e7
+    python benchmarks/bench_streaming.py [--chunk 262144] [--keep] [--timeout 3600]
 
-Writes an HDF5 file of n float64 points (datasets x and y: 16 bytes a point) in blocks,
-then, each in a fresh subprocess:
+(the first line gives the figures of RESULTS.md). Writes an HDF5 file of n float64 points
+(datasets x and y: 16 bytes a point) in blocks, then, each in a fresh subprocess
+(`harness.in_subprocess`; one past --timeout, in seconds, is reported as timed out):
 
 - stream (read-ahead on, then off): `fit_stream` on the file. Memory: the RSS right
   after `import hybrid_gn` is the baseline; the peak (VmHWM) over the whole run, compiling
-  included, is reported above it. Time per pass: the median time between the starts of
-  consecutive Gauss-Newton passes (reading, accumulating, the step), after compiling on a
-  small file of the same chunk shape;
+  included, is reported above it, with the process's whole peak (ru_maxrss). Time per
+  pass: the median (min–max) time between the starts of consecutive passes (reading,
+  accumulating, the step), after compiling on a small file of the same chunk shape;
 - memory: the fused driver on `--reference-n` points held in memory: the warm `fit` time
   and one jitted pass of the accumulation over all points (`accumulate.linearize`), both
   medians of 3.
@@ -26,11 +27,9 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
+import harness
 import numpy as np
 
 TRUTH = np.array([3.0, 5.0, 0.8, 0.5, 0.1])
@@ -39,19 +38,12 @@ NOISE = 0.2
 BLOCK = 1 << 20
 
 
-def _rss_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _truth_curve(x):
     a, mu, s, b0, b1 = TRUTH
     return a * np.exp(-0.5 * ((x - mu) / s) ** 2) + b0 + b1 * x
 
 
-def write(path: str, n: int) -> None:
+def write(path: str, n: int) -> dict:
     """x on a grid over [0, 10], y = truth + noise, written block by block (bounded memory)."""
     import h5py
 
@@ -64,6 +56,7 @@ def write(path: str, n: int) -> None:
             x = 10.0 * np.arange(start, stop) / (n - 1)
             dx[start:stop] = x
             dy[start:stop] = _truth_curve(x) + NOISE * rng.standard_normal(stop - start)
+    return {}
 
 
 def model(p, x):
@@ -74,11 +67,9 @@ def model(p, x):
 
 
 def stream(path: str, warm_path: str, chunk: int, prefetch: int) -> dict:
-    baseline = _rss_mib("VmRSS")
+    """`fit_stream` on the file at `path` after a first fit on `warm_path` (compiling)."""
     import hybrid_gn
     from hybrid_gn import sources
-
-    baseline = _rss_mib("VmRSS")  # after import: the reference of the memory bound
 
     class TimedSource(sources.HDF5Source):
         """Records when each pass starts."""
@@ -91,19 +82,21 @@ def stream(path: str, warm_path: str, chunk: int, prefetch: int) -> dict:
             with super().reader() as read:
                 yield read
 
-    t = time.perf_counter()
-    hybrid_gn.fit_stream(model, START, sources.HDF5Source(warm_path), block_size=chunk,
-                         prefetch=prefetch, progress=False)
-    compile_s = time.perf_counter() - t
-    source = TimedSource(path)
-    t = time.perf_counter()
-    result = hybrid_gn.fit_stream(model, START, source, block_size=chunk, prefetch=prefetch,
-                                  progress=False)
-    wall = time.perf_counter() - t
+    # the RSS after import is the reference of the memory bound; the peak counts from the
+    # start of the process (compiling included)
+    with harness.PeakRSS(reset=False) as peak:
+        first = harness.timed_calls(lambda: hybrid_gn.fit_stream(
+            model, START, sources.HDF5Source(warm_path), block_size=chunk, prefetch=prefetch,
+            progress=False))
+        source = TimedSource(path)
+        fit = harness.timed_calls(lambda: hybrid_gn.fit_stream(
+            model, START, source, block_size=chunk, prefetch=prefetch, progress=False))
+    result = fit.result
     pass_times = np.diff(source.starts)
-    return {"prefetch": prefetch, "n": source.n_points, "baseline_mib": baseline,
-            "peak_above_baseline_mib": _rss_mib("VmHWM") - baseline,
-            "first_small_fit_s": compile_s, "wall_s": wall,
+    return {"prefetch": prefetch, "n": source.n_points, "baseline_mib": peak.baseline_mib,
+            "peak_above_baseline_mib": peak.mib, "first_small_fit_s": first.seconds[0],
+            "xla_compile_s": first.compile_s, "wall_s": fit.seconds[0],
+            "fit_xla_compile_s": fit.compile_s, "fit_compiles": fit.compiles,
             "passes": len(source.starts), "pass_s_median": float(np.median(pass_times)),
             "pass_s_all": pass_times.tolist(),
             "warmup_iterations": int(result.warmup_iterations),
@@ -112,6 +105,7 @@ def stream(path: str, warm_path: str, chunk: int, prefetch: int) -> dict:
 
 
 def memory(n: int) -> dict:
+    """The fused in-memory driver on n points: one jitted pass and the warm fit."""
     import jax
     import jax.numpy as jnp
 
@@ -133,83 +127,90 @@ def memory(n: int) -> dict:
 
         return accumulate.linearize(residual, p, data, "forward", "normal")
 
-    def timed(f, repeats=3):
-        jax.block_until_ready(f())
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            out = jax.block_until_ready(f())
-            times.append(time.perf_counter() - t)
-        return float(np.median(times)), out
-
-    pass_s, _ = timed(lambda: one_pass(jnp.asarray(START), x, y))
-    fit_s, result = timed(lambda: hybrid_gn.fit(model, START, x, y))
-    return {"n": n, "one_pass_s": pass_s, "fit_s": fit_s, "passes": int(result.passes),
-            "params": np.asarray(result.params).tolist()}
+    _, one = harness.time_calls(lambda: one_pass(jnp.asarray(START), x, y), 3)
+    _, fit = harness.time_calls(lambda: hybrid_gn.fit(model, START, x, y), 3)
+    return {"n": n, "one_pass_s": one.stats.median, "one_pass_all": one.seconds,
+            "fit_s": fit.stats.median, "fit_all": fit.seconds, "passes": int(fit.result.passes),
+            "params": np.asarray(fit.result.params).tolist()}
 
 
-def child(argv: list[str]) -> dict:
-    kind = argv[0]
-    if kind == "write":
-        write(argv[1], int(argv[2]))
-        return {}
-    if kind == "stream":
-        return stream(argv[1], argv[2], int(argv[3]), int(argv[4]))
-    return memory(int(argv[1]))
+def _columns(rows: list[harness.Outcome], n: int) -> list[list]:
+    """The table's rows: one quantity, then its value read-ahead on and off."""
 
+    def each(f):
+        return [f(o) if o.ok else o.describe() for o in rows]
 
-def run_child(*args) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *map(str, args)],
-                         check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    ok = next((o.value for o in rows if o.ok), None)
+    k = len(ok["pass_s_all"]) if ok else "?"
+    return [
+        ["peak RSS above the RSS right after `import hybrid_gn` (compiling included)",
+         *each(lambda o: f"{o.value['peak_above_baseline_mib']:.0f} MiB")],
+        ["peak RSS of the whole process (ru_maxrss)", *each(lambda o: f"{o.max_rss_mib:.0f} MiB")],
+        [f"time per pass over {n:.0e} points (median (min–max) of {k} passes)",
+         *each(lambda o: harness.Stats.of(o.value["pass_s_all"]).text(".2f") + " s")],
+        ["per point per pass",
+         *each(lambda o: f"{o.value['pass_s_median'] / n * 1e9:.1f} ns")],
+        ["whole fit (compiled beforehand on a small file of the same chunk shape; XLA "
+         "compiles left in it)",
+         *each(lambda o: f"{o.value['wall_s']:.1f} s ({o.value['fit_compiles']} programs, "
+                         f"{o.value['fit_xla_compile_s']:.1f} s)")],
+        ["first fit, on the small file (XLA compile within it)",
+         *each(lambda o: f"{o.value['first_small_fit_s']:.1f} s "
+                         f"({o.value['xla_compile_s']:.1f} s)")],
+    ]
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        print(json.dumps(child(sys.argv[2:])))
-        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=float, default=1e8)
     parser.add_argument("--path", default="/tmp/hybrid_gn_stream.h5")
     parser.add_argument("--reference-n", type=float, default=1e7)
     parser.add_argument("--chunk", type=int, default=1 << 18)
     parser.add_argument("--keep", action="store_true", help="keep the HDF5 files")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per subprocess")
     args = parser.parse_args()
     n, n_ref = int(args.n), int(args.reference_n)
     warm = args.path + ".warm.h5"
     t = time.perf_counter()
-    run_child("write", args.path, n)
-    run_child("write", warm, 8 * args.chunk)  # same chunk shape and warmup sample shape
+    # same chunk shape and warmup sample shape for the small file
+    for path, size in ((args.path, n), (warm, 8 * args.chunk)):
+        out = harness.in_subprocess(write, path, size, timeout=args.timeout)
+        if not out.ok:
+            raise SystemExit(f"writing {path}: {out.describe()}")
     print(f"wrote {n:.3g} points ({os.path.getsize(args.path) / 2**30:.2f} GiB) in "
-          f"{time.perf_counter() - t:.1f} s")
+          f"{time.perf_counter() - t:.1f} s", flush=True)
     try:
-        rows = [run_child("stream", args.path, warm, args.chunk, depth) for depth in (2, 0)]
+        rows = [harness.in_subprocess(stream, args.path, warm, args.chunk, depth,
+                                      timeout=args.timeout) for depth in (2, 0)]
     finally:
         if not args.keep:
             for p in (args.path, warm):
                 if os.path.exists(p):
                     os.unlink(p)
-    ref = run_child("memory", n_ref)
-    for r in rows:
-        print(json.dumps({k: v for k, v in r.items() if k != "pass_s_all"}))
-    print(json.dumps(ref))
-    on, off = rows
-    per_point = on["pass_s_median"] / n
-    ref_point = ref["one_pass_s"] / n_ref
-    fit_point = ref["fit_s"] / ref["passes"] / n_ref
-    print(f"\nstreaming {n:.0e} points from HDF5, chunk {args.chunk}:")
-    print(f"  peak RSS above the post-import baseline: {on['peak_above_baseline_mib']:.0f} MiB "
-          f"(read-ahead on), {off['peak_above_baseline_mib']:.0f} MiB (off); baseline "
-          f"{on['baseline_mib']:.0f} MiB")
-    print(f"  time per pass (median of {on['passes'] - 1}): {on['pass_s_median']:.2f} s "
-          f"read-ahead on, {off['pass_s_median']:.2f} s off: read-ahead gain "
-          f"{off['pass_s_median'] / on['pass_s_median']:.2f}x")
-    print(f"  per point: {per_point * 1e9:.1f} ns streamed vs {ref_point * 1e9:.1f} ns for one "
-          f"in-memory fused pass at {n_ref:.0e} ({per_point / ref_point:.2f}x); the in-memory "
-          f"fit costs {fit_point * 1e9:.1f} ns a point a pass ({per_point / fit_point:.2f}x)")
-    print(f"  whole fit: {on['wall_s']:.1f} s, {on['warmup_iterations']} warmup + "
-          f"{on['gn_iterations']} Gauss-Newton iterations, {on['passes']} passes; "
-          f"{on['message']}")
+    ref = harness.in_subprocess(memory, n_ref, timeout=args.timeout)
+    for r in (*rows, ref):
+        value = {k: v for k, v in r.value.items() if not k.endswith("_all")} if r.ok else {}
+        print(json.dumps(value) if r.ok else r.describe())
+
+    print(f"\nstreaming {n:.0e} points from HDF5, chunk {args.chunk}:\n")
+    print(harness.markdown_table(["quantity", "read-ahead on", "read-ahead off"],
+                                 _columns(rows, n)))
+    on, off = (r.value if r.ok else None for r in rows)
+    if on and off:
+        print(f"\n  baseline (RSS after import) {on['baseline_mib']:.0f} MiB; read-ahead gain "
+              f"{off['pass_s_median'] / on['pass_s_median']:.2f}x")
+    if on:
+        print(f"  whole fit: {on['wall_s']:.1f} s, {on['warmup_iterations']} warmup + "
+              f"{on['gn_iterations']} Gauss-Newton iterations, {on['passes']} passes; "
+              f"{on['message']}")
+    if on and ref.ok:
+        per_point = on["pass_s_median"] / n
+        ref_point = ref.value["one_pass_s"] / n_ref
+        fit_point = ref.value["fit_s"] / ref.value["passes"] / n_ref
+        print(f"  per point: {per_point * 1e9:.1f} ns streamed vs {ref_point * 1e9:.1f} ns for "
+              f"one in-memory fused pass at {n_ref:.0e} ({per_point / ref_point:.2f}x); the "
+              f"in-memory fit costs {fit_point * 1e9:.1f} ns a point a pass "
+              f"({per_point / fit_point:.2f}x)")
 
 
 if __name__ == "__main__":
