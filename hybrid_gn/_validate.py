@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
-from jaxtyping import PyTree
+from jaxtyping import PRNGKeyArray, PyTree
 
 from . import _model, _values
 from ._config import Config
@@ -63,6 +63,33 @@ def check_int(name: str, value, minimum: int) -> None:
     """Refuse anything but an int (not a bool) of at least `minimum`, naming `name`."""
     if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def as_key(key) -> PRNGKeyArray:
+    """A PRNG key from a key (typed or raw uint32 pair) or an int seed."""
+    if isinstance(key, int | np.integer) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and (jnp.issubdtype(dtype, jax.dtypes.prng_key) or (
+            dtype == jnp.uint32 and np.shape(key)[-1:] == (2,))):
+        return key
+    raise TypeError(f"key must be a JAX random key (jax.random.key(seed)) or an int seed, got "
+                    f"{type(key).__name__}")
+
+
+def check_type(name: str, value, expected: type, called: str) -> None:
+    """Refuse a `value` that is not an `expected` (a Config, a Tournament), naming `name`."""
+    if not isinstance(value, expected):
+        raise TypeError(f"{name} must be a {called}, got {type(value).__name__}")
+
+
+def check_stream_arguments(block_size, warmup_chunks, prefetch, checkpoint_every) -> None:
+    """The streaming driver's own arguments (those shared with `fit` are `check_fit`'s)."""
+    check_int("block_size", block_size, 1)
+    check_int("checkpoint_every", checkpoint_every, 1)
+    check_int("prefetch", prefetch, 0)
+    if warmup_chunks is not None:
+        check_int("warmup_chunks", warmup_chunks, 1)
 
 
 def float_dtype(p0: PyTree, y) -> np.dtype:
@@ -188,8 +215,7 @@ def check_fit(model: Callable, p0: PyTree, x: PyTree, y, sigma, bounds, check_va
               ) -> Inputs:
     """Check and convert the arguments of one fit; `n_points` is the size of the whole
     data when `x` and `y` are only its first block (streaming)."""
-    if not isinstance(config, Config):
-        raise TypeError(f"config must be a hybrid_gn.Config, got {type(config).__name__}")
+    check_type("config", config, Config, "hybrid_gn.Config")
     p0, p = check_params("p0", p0)
     x = native_tree(x)
     y = real_array("y", y)

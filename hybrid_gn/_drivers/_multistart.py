@@ -16,7 +16,6 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from .. import _pipeline as pipeline
@@ -28,7 +27,7 @@ from .._model import Model
 from .._phases import _warmup as warmup
 from .._phases._start_fit import relative_loss
 from .._result import Result
-from .._validate import check_fit
+from .._validate import as_key, check_fit, check_type
 
 
 class Tournament(eqx.Module):
@@ -84,23 +83,9 @@ def fit_multistart(
     """
     config = Config() if config is None else config
     tournament = Tournament() if tournament is None else tournament
-    if not isinstance(tournament, Tournament):
-        raise TypeError(f"tournament must be a hybrid_gn.Tournament, got "
-                        f"{type(tournament).__name__}")
+    check_type("tournament", tournament, Tournament, "hybrid_gn.Tournament")
     inputs = check_fit(model, p0, x, y, sigma, bounds, check_finite, config, args, mask)
-    return _jitted(*inputs, absolute_sigma, config, tournament, _as_key(key))
-
-
-def _as_key(key) -> PRNGKeyArray:
-    """A PRNG key from a key (typed or raw uint32 pair) or an int seed."""
-    if isinstance(key, int | np.integer) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    dtype = getattr(key, "dtype", None)
-    if dtype is not None and (jnp.issubdtype(dtype, jax.dtypes.prng_key) or (
-            dtype == jnp.uint32 and np.shape(key)[-1:] == (2,))):
-        return key
-    raise TypeError(f"key must be a JAX random key (jax.random.key(seed)) or an int seed, got "
-                    f"{type(key).__name__}")
+    return _jitted(*inputs, absolute_sigma, config, tournament, as_key(key))
 
 
 @jit

@@ -25,7 +25,7 @@ from .._config import Config
 from .._model import Model
 from .._problem import flat_bounds
 from .._result import Result
-from .._validate import Inputs, check_fit, check_int, float_dtype
+from .._validate import Inputs, check_fit, check_stream_arguments, check_type, float_dtype
 from ..sources._survey import Survey, survey
 from . import _checkpoint as checkpoints
 from . import _stream_steps as steps
@@ -75,7 +75,10 @@ def fit_stream(
     """
     config = Config() if config is None else config
     block_size = _block_size(block_size, chunk_size)
-    _check_arguments(config, block_size, warmup_chunks, prefetch, checkpoint, checkpoint_every)
+    check_type("config", config, Config, "hybrid_gn.Config")
+    check_stream_arguments(block_size, warmup_chunks, prefetch, checkpoint_every)
+    if checkpoint is not None:
+        checkpoints.check_writable(checkpoint)
     source = sources.as_source(source)
     surveyed = survey(source, block_size, check_finite)
     inputs = _check_inputs(model, p0, surveyed, bounds, args, check_finite, config, block_size)
@@ -104,20 +107,6 @@ def _block_size(block_size: int, chunk_size: int | None) -> int:
                   "Config.chunk_size is the sub-chunk the accumulation works on)",
                   FutureWarning, stacklevel=3)
     return chunk_size
-
-
-def _check_arguments(config: Config, block_size, warmup_chunks, prefetch, checkpoint,
-                     checkpoint_every) -> None:
-    """The driver's own arguments (those shared with `fit` are checked by `check_fit`)."""
-    if not isinstance(config, Config):
-        raise TypeError(f"config must be a hybrid_gn.Config, got {type(config).__name__}")
-    check_int("block_size", block_size, 1)
-    check_int("checkpoint_every", checkpoint_every, 1)
-    check_int("prefetch", prefetch, 0)
-    if warmup_chunks is not None:
-        check_int("warmup_chunks", warmup_chunks, 1)
-    if checkpoint is not None:
-        checkpoints.check_writable(checkpoint)
 
 
 def _check_inputs(model, p0, survey: Survey, bounds, args, check_finite: bool,
