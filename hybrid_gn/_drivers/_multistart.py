@@ -41,18 +41,18 @@ class Tournament(eqx.Module):
     shapes, so changing one compiles a new program.
 
     Attributes:
-        n_candidates: starting points, p0 included (default 64).
-        rounds: warmup rounds, each ending in a cut (default 2).
-        keep: fraction of the candidates kept after each round, in (0, 1]
-            (default 0.25).
-        method: how candidates are drawn: "sobol" (default), "halton",
-            "lhs" or "random" (see `hybrid_gn.sampling.candidates`).
-        iterations: L-BFGS iterations per round (default 10).
+        n_candidates: starting points, p0 included. Default: 64.
+        rounds: warmup rounds, each ending in a cut. Default: 2.
+        keep: fraction of the candidates kept after each round, in (0, 1].
+            Default: 0.25.
+        method: how candidates are drawn: "sobol", "halton", "lhs" or
+            "random" (see `hybrid_gn.sampling.candidates`). Default: "sobol".
+        iterations: L-BFGS iterations per round. Default: 10.
         box_scale: half-width of the box around p0, in units of
-            max(|p0|, 1), where a parameter is not bounded on both sides
-            (default 1.0).
-        first_subset: data points in round 1; the subset doubles each round
-            (default 256).
+            max(|p0|, 1), where a parameter is not bounded on both sides.
+            Default: 1.0.
+        first_subset: data points in round 1; the subset doubles each round.
+            Default: 256.
 
     Raises:
         ValueError: `n_candidates` or `iterations` below 1, `rounds` below 0,
