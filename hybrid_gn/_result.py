@@ -210,9 +210,10 @@ class Trace(eqx.Module):
 class Result(eqx.Module):
     """The outcome of a fit, a pytree (so it passes through jit and vmap).
 
-    Every driver returns one; `fit_batch` returns one whose leaves have a
-    leading batch axis B. The status fields are integer codes inside jitted
-    code; `success`, `message` and `summary()` read them on the host.
+    `fit`, `fit_multistart` and `fit_stream` return one; `fit_batch` returns
+    one whose leaves have a leading batch axis B. The status fields are
+    integer codes inside jitted code; `success`, `message` and `summary()`
+    read them on the host.
 
     Attributes:
         params: the fitted parameters, with the structure of `p0`.
