@@ -3,6 +3,8 @@
 The public API is `hybrid_gn.__all__` plus the public names of `hybrid_gn.sources` and
 `hybrid_gn.sampling`. Each object's docstring (and those of its methods) is collected with
 `doctest.DocTestFinder` and run as its own test; every public callable must have an example.
+The fields of the public dataclasses (`Config`, `Result`, ...) must all be documented under
+`Attributes:`, and a default stated there (`Default: 8192.`) must be the real one.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def _own_functions_and_classes(module: types.ModuleType) -> list[str]:
     """The names of the functions and classes `module` defines (not those it imports)."""
     return sorted(
         name for name, obj in vars(module).items()
-        if not name.startswith("_") and (inspect.isclass(obj) or callable(obj))
+        if not name.startswith("_") and callable(obj)
         and getattr(obj, "__module__", "").startswith(module.__name__))
 
 
