@@ -33,8 +33,9 @@ class Config(eqx.Module):
     driver. Fields that change the compiled program (sizes, iteration caps,
     strategy names) are static; numeric knobs are leaves, so they can be
     traced, vmapped or differentiated without recompiling. Every field is
-    checked when the object is made. Change a field of an existing
-    configuration with `dataclasses.replace`.
+    checked when the object is made (a numeric knob where its value is
+    concrete, not traced). Change a field of an existing configuration with
+    `dataclasses.replace`.
 
     Attributes:
         chunk_size: points per chunk (capped at n); cache-sized is fastest. Default:
