@@ -98,8 +98,8 @@ class Config(eqx.Module):
         trace_length: per-iteration records kept in `Result.trace`: the first ones (when
             a fit runs longer, the last record holds its latest iteration). Default:
             256.
-        progress: `fit` reports each iteration on stderr through `jax.debug.callback`
-            (not compiled in when False); `fit_stream` has its own progress bar
+        progress: report each iteration on stderr through `jax.debug.callback` (not
+            compiled in when False); `fit_stream` also has its own progress bar
             (`fit_stream(progress=...)`). Default: False.
 
     Raises:
