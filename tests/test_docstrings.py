@@ -21,8 +21,9 @@ import pytest
 
 import hybrid_gn
 
-# `hybrid_gn.sources` also holds the streaming driver's chunking helpers; while it declares no
-# `__all__`, its public names are the sources themselves.
+# The public names of a module are its `__all__`. Without one: for `hybrid_gn.sampling`, the
+# functions it defines; for `hybrid_gn.sources`, which also holds the streaming driver's
+# helpers, the sources.
 _SOURCES = ("ArraySource", "CallableSource", "ChunkSource", "HDF5Source")
 _FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
@@ -63,7 +64,7 @@ def _doctests(name: str) -> list[doctest.DocTest]:
 
 def test_the_api_is_found() -> None:
     assert {"hybrid_gn.fit", "hybrid_gn.Config", "hybrid_gn.sources.ArraySource",
-            "hybrid_gn.sampling.sobol"} <= set(API)
+            "hybrid_gn.sources.ChunkSource", "hybrid_gn.sampling.sobol"} <= set(API)
 
 
 @pytest.mark.parametrize("name", sorted(API))
