@@ -27,7 +27,98 @@ def _static(default):
 
 
 class Config(eqx.Module):
-    """Settings of the four phases. All have defaults; see the field comments."""
+    """Settings of the four phases of a fit; every field has a default.
+
+    One frozen object (an `equinox.Module`) passed as `config=` to every
+    driver. Fields that change the compiled program (sizes, iteration caps,
+    strategy names) are static; numeric knobs are leaves, so they can be
+    traced, vmapped or differentiated without recompiling. Every field is
+    checked when the object is made (a numeric knob where its value is
+    concrete, not traced). Change a field of an existing configuration with
+    `dataclasses.replace`.
+
+    Attributes:
+        chunk_size: points per chunk (capped at n); cache-sized is fastest. Default:
+            8192.
+        jacobian: "forward" (p JVPs), "reverse" (chunk VJPs) or "auto". Default: "auto".
+        factorization: "qr": streamed QR (accurate to cond(J)); "normal": J^T J
+            (cheaper, squares cond(J)); "auto": J^T J until cond(J) exceeds
+            `qr_condition`, streamed QR from then on. Default: "auto".
+        normalization: "auto" (from the bounds if all are finite, else from p0),
+            "bounds", "p0" or "none". Default: "auto".
+        warmup: True, False or "auto": only where a warmup iteration is cheaper than a
+            Gauss-Newton pass, i.e. the data has more than `warmup_max_points` points
+            (the warmup works on a subsample). Default: "auto".
+        warmup_linesearch: "zoom" or "backtracking". Default: "zoom".
+        warmup_linesearch_steps: line-search steps per warmup iteration. Default: 20.
+        warmup_memory: L-BFGS memory. Default: 10.
+        warmup_max_iter: warmup iteration cap. Default: 30.
+        warmup_min_iter: plateau / small-gradient switching only after this many
+            iterations. Default: 2.
+        warmup_max_points: size of the strided data subsample of the warmup; None: all
+            data. Default: 16384.
+        warm_start_threshold: skip the warmup when the relative loss is below this.
+            Default: 1e-4.
+        refine_threshold: relative loss below this: "refine" first step. Default: 1e-2.
+        explore_threshold: relative loss above this: "explore" first step. Default: 1.0.
+        first_step_refine: max norm of the first update (normalized units) in the
+            "refine" regime. Default: 0.05.
+        first_step_careful: the same in the "careful" regime. Default: 0.25.
+        first_step_explore: the same in the "explore" regime. Default: 1.0.
+        max_update_norm: clip every warmup update to this norm. Default: 2.0.
+        grad_clip_norm: optional global-norm clipping of the gradient. Default: inf.
+        cost_increase_tol: abort the warmup when the loss exceeds (1 + tol) times the
+            initial loss. Default: 0.1.
+        plateau_rtol: relative loss decrease counted as "no progress". Default: 1e-3.
+        plateau_patience: consecutive no-progress iterations that make a plateau.
+            Default: 2.
+        warmup_gtol: switch when |grad| < warmup_gtol * |grad at start|. Default: 1e-3.
+        max_iter: Gauss-Newton iteration cap. Default: 1000.
+        ftol: relative cost reduction; None: 10 eps of the dtype. Default: None.
+        xtol: relative step; None: sqrt(eps) / 100 of the dtype. Default: None.
+        gtol: max gradient cosine; None: 10 eps of the dtype. Default: None.
+        initial_radius: the first trust radius, times max(|u0|, 1), in normalized units.
+            Default: 1.0.
+        poor_shape_threshold: a start is poor when the shape of its prediction f is
+            wrong: 1 - corr(f, y)^2, the relative loss left after the best a f + b,
+            above this. Default: 0.2.
+        poor_loss_threshold: a start is also poor when its relative loss (RSS over the
+            total sum of squares, 1 - R^2) is above this. Default: 3.0.
+        poor_start_radius: the linear model of a poor start is trusted only in a region
+            of this radius (if smaller than `initial_radius`) until steps prove it, so
+            that a first step does not leap into another basin. Default: 0.03.
+        radius_shrink: on a poor step the radius becomes this times its norm. Default:
+            0.5.
+        qr_condition: cond(J) above which "auto" factorization switches to QR; None:
+            eps^(-1/4) of the dtype. Default: None.
+        accept_ratio: accept a step when the actual over the predicted reduction exceeds
+            this. Default: 1e-4.
+        max_radius_resets: stall recovery: times the radius is reset after collapsing.
+            Default: 2.
+        trace_length: per-iteration records kept in `Result.trace`: the first ones (when
+            a fit runs longer, the last record holds its latest iteration). Default:
+            256.
+        progress: report each iteration on stderr through `jax.debug.callback` (not
+            compiled in when False); `fit_stream` also has its own progress bar
+            (`fit_stream(progress=...)`). Default: False.
+
+    Raises:
+        ValueError: a field out of its range or not one of its allowed
+            values, naming the field.
+
+    Examples:
+        >>> import dataclasses
+        >>> import hybrid_gn
+        >>> config = hybrid_gn.Config(max_iter=50, ftol=1e-12)
+        >>> config.max_iter, config.factorization
+        (50, 'auto')
+        >>> dataclasses.replace(config, factorization="qr").factorization
+        'qr'
+        >>> hybrid_gn.Config(chunk_size=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: chunk_size must be an int >= 1, got 0
+    """
 
     # --- data streaming ---
     chunk_size: int = _static(8192)  # points per chunk (capped at n); cache-sized is fastest

@@ -106,7 +106,19 @@ def _sobol_directions() -> np.ndarray:
 
 
 def sobol_max_dim() -> int:
-    """Largest dimension `sobol` supports (number of stored Joe-Kuo dimensions)."""
+    """Largest dimension `sobol` supports (number of stored Joe-Kuo dimensions).
+
+    The direction numbers ship with the package: dimension 1 (van der
+    Corput) and the rows for dimensions 2..1024 of Joe and Kuo's table.
+
+    Returns:
+        The largest `d` that `sobol` accepts.
+
+    Examples:
+        >>> import hybrid_gn
+        >>> hybrid_gn.sampling.sobol_max_dim()
+        1024
+    """
     return _sobol_directions().shape[0]
 
 
@@ -140,13 +152,42 @@ def sobol(
 ) -> Float[Array, "n d"]:
     """First `n` points of the `d`-dimensional Sobol' sequence, in [0, 1)^d.
 
-    Unscrambled, point i is the XOR of the direction numbers selected by the Gray code of
-    i, which is the order of `scipy.stats.qmc.Sobol(d, scramble=False).random(n)` (first
-    point 0). `scramble=True` needs `key` and applies a linear matrix scramble plus a
-    random digital shift (XOR with random bits), like scipy's default: points stay a
-    (t, m, d)-net (n = 2**m keeps the balance) but are no longer deterministic corners.
-    Without `scramble` the key is ignored. Works for n <= 2**32 and d <= `sobol_max_dim()`
-    (1024). In float32 mode the 32-bit fractions are truncated to 24 bits.
+    Low-discrepancy points for multi-start candidates or quasi-Monte Carlo;
+    a pure function of `key` that jits and vmaps over keys. Unscrambled,
+    point i is the XOR of the direction numbers selected by the Gray code of
+    i, which is the order of `scipy.stats.qmc.Sobol(d, scramble=False).random(n)`
+    (first point 0), without needing scipy at run time. `scramble=True`
+    applies a linear matrix scramble plus a random digital shift (XOR with
+    random bits), like scipy's default: points stay a (t, m, d)-net (n = 2**m
+    keeps the balance) but are no longer deterministic corners. In float32
+    mode the 32-bit fractions are truncated to 24 bits.
+
+    Args:
+        n: number of points, a static Python int, n <= 2**32.
+        d: dimension, a static Python int, d <= `sobol_max_dim()` (1024).
+        key: a JAX random key; needed with `scramble`, ignored without it.
+        scramble: whether to scramble the points.
+
+    Returns:
+        An (n, d) array in the default float dtype.
+
+    Raises:
+        ValueError: `n` or `d` negative or too large, or `scramble` without
+            `key`.
+        TypeError: `n` or `d` not a static Python int.
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> import hybrid_gn
+        >>> print(hybrid_gn.sampling.sobol(4, 2))
+        [[0.   0.  ]
+         [0.5  0.5 ]
+         [0.75 0.25]
+         [0.25 0.75]]
+        >>> points = hybrid_gn.sampling.sobol(8, 2, key=jax.random.key(0), scramble=True)
+        >>> print(np.sum(np.asarray(points) < 0.5, axis=0))  # still balanced
+        [4 4]
     """
     n, d = _check_sizes(n, d)
     if d > sobol_max_dim():
@@ -182,7 +223,19 @@ def _sobol(n: int, d: int, key: PRNGKeyArray | None, scramble: bool) -> Array:
 
 
 def first_primes(d: int) -> np.ndarray:
-    """The first `d` primes (the Halton bases), by a sieve sized with Rosser's bound."""
+    """The first `d` primes (the Halton bases), by a sieve sized with Rosser's bound.
+
+    Args:
+        d: how many primes.
+
+    Returns:
+        A (d,) int64 numpy array.
+
+    Examples:
+        >>> import hybrid_gn
+        >>> hybrid_gn.sampling.first_primes(5).tolist()
+        [2, 3, 5, 7, 11]
+    """
     if d == 0:
         return np.zeros(0, dtype=np.int64)
     limit = 15 if d < 6 else int(d * (math.log(d) + math.log(math.log(d)))) + 1
@@ -229,14 +282,39 @@ def halton(
 ) -> Float[Array, "n d"]:
     """First `n` points of the `d`-dimensional Halton sequence, in [0, 1)^d.
 
-    Coordinate j of point i is the radical inverse of i in the j-th prime, summed digit by
-    digit in the same order as `scipy.stats.qmc.Halton(d, scramble=False).random(n)` (index
-    0 first, so the first point is 0). `scramble=True` needs `key` and applies Owen's (2017)
-    random digit permutations, as scipy does: an independent uniform permutation of the
-    digits for each dimension and digit position, over all positions that matter in double
-    precision (ceil(54 / log2 b) - 1), so leading zero digits get scrambled too. Without
-    `scramble` the key is ignored. Scrambling builds at most sum_j b_j * (number of base-b_j
-    digits of n - 1) permutation entries, about the sum of the first d primes for small n.
+    Low-discrepancy points in any dimension; a pure function of `key` that
+    jits and vmaps over keys. Coordinate j of point i is the radical inverse
+    of i in the j-th prime, summed digit by digit in the same order as
+    `scipy.stats.qmc.Halton(d, scramble=False).random(n)` (index 0 first, so
+    the first point is 0). `scramble=True` applies Owen's (2017) random digit
+    permutations, as scipy does: an independent uniform permutation of the
+    digits for each dimension and digit position, over all positions that
+    matter in double precision (ceil(54 / log2 b) - 1), so leading zero
+    digits get scrambled too. Scrambling builds at most sum_j b_j * (number
+    of base-b_j digits of n - 1) permutation entries, about the sum of the
+    first d primes for small n.
+
+    Args:
+        n: number of points, a static Python int.
+        d: dimension, a static Python int.
+        key: a JAX random key; needed with `scramble`, ignored without it.
+        scramble: whether to scramble the points.
+
+    Returns:
+        An (n, d) array in the default float dtype.
+
+    Raises:
+        ValueError: `n` or `d` negative, or `scramble` without `key`.
+        TypeError: `n` or `d` not a static Python int.
+
+    Examples:
+        >>> import numpy as np
+        >>> import hybrid_gn
+        >>> print(np.round(hybrid_gn.sampling.halton(4, 2), 3))
+        [[0.    0.   ]
+         [0.5   0.333]
+         [0.25  0.667]
+         [0.75  0.111]]
     """
     n, d = _check_sizes(n, d)
     key = _require_key(key, "halton") if scramble else None  # unscrambled: one compile
@@ -289,9 +367,28 @@ def _halton(n: int, d: int, key: PRNGKeyArray | None, scramble: bool) -> Array:
 def latin_hypercube(n: int, d: int, *, key: PRNGKeyArray) -> Float[Array, "n d"]:
     """`n` points in [0, 1)^d with exactly one point in each stratum [k/n, (k+1)/n) per axis.
 
-    Independent random permutations (argsort of uniforms) assign strata per dimension; the
-    position inside a stratum is uniform. Points are clamped into their stratum so rounding
-    in (k + u) / n cannot push one onto the next stratum's left edge.
+    Latin hypercube sampling: every one-dimensional projection is evenly
+    covered. Independent random permutations (argsort of uniforms) assign
+    strata per dimension; the position inside a stratum is uniform. Points
+    are clamped into their stratum so rounding in (k + u) / n cannot push one
+    onto the next stratum's left edge.
+
+    Args:
+        n: number of points, a static Python int.
+        d: dimension, a static Python int.
+        key: a JAX random key.
+
+    Returns:
+        An (n, d) array in the default float dtype.
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> import hybrid_gn
+        >>> points = hybrid_gn.sampling.latin_hypercube(8, 3, key=jax.random.key(0))
+        >>> strata = np.sort(np.floor(np.asarray(points) * 8), axis=0)
+        >>> bool(np.all(strata == np.arange(8)[:, None]))  # one point per stratum and axis
+        True
     """
     n, d = _check_sizes(n, d)
     dtype = _float_dtype()
@@ -306,13 +403,54 @@ def latin_hypercube(n: int, d: int, *, key: PRNGKeyArray) -> Float[Array, "n d"]
 
 @functools.partial(jax.jit, static_argnames=("n", "d"))
 def uniform(n: int, d: int, *, key: PRNGKeyArray) -> Float[Array, "n d"]:
-    """`n` independent uniform points in [0, 1)^d (the plain Monte Carlo baseline)."""
+    """`n` independent uniform points in [0, 1)^d (the plain Monte Carlo baseline).
+
+    Args:
+        n: number of points, a static Python int.
+        d: dimension, a static Python int.
+        key: a JAX random key.
+
+    Returns:
+        An (n, d) array in the default float dtype.
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> import hybrid_gn
+        >>> points = hybrid_gn.sampling.uniform(5, 2, key=jax.random.key(0))
+        >>> points.shape, bool(np.all((points >= 0) & (points < 1)))
+        ((5, 2), True)
+    """
     n, d = _check_sizes(n, d)
     return _random_uniform(key, (n, d), _float_dtype())
 
 
 def unit_points(method: Method, n: int, d: int, *, key: PRNGKeyArray) -> Float[Array, "n d"]:
-    """`n` points in [0, 1)^d from `method`; Sobol' and Halton are scrambled with `key`."""
+    """`n` points in [0, 1)^d from `method`; Sobol' and Halton are scrambled with `key`.
+
+    One entry point for the four generators, as `candidates` and the
+    multi-start tournament use them.
+
+    Args:
+        method: "sobol" (`sobol`, scrambled), "halton" (`halton`,
+            scrambled), "lhs" (`latin_hypercube`) or "random" (`uniform`).
+        n: number of points, a static Python int.
+        d: dimension, a static Python int.
+        key: a JAX random key.
+
+    Returns:
+        An (n, d) array in the default float dtype.
+
+    Raises:
+        ValueError: an unknown `method`.
+
+    Examples:
+        >>> import jax
+        >>> import hybrid_gn
+        >>> key = jax.random.key(0)
+        >>> hybrid_gn.sampling.unit_points("halton", 6, 3, key=key).shape
+        (6, 3)
+    """
     if method == "sobol":
         return sobol(n, d, key=key, scramble=True)
     if method == "halton":
@@ -337,8 +475,28 @@ def candidate_box(
     """The sampling box [lo, hi] and the clipped `p0` used by `candidates` (same shapes).
 
     Where both bounds are finite, the box is [lower, upper]. Elsewhere it is
-    c +- box_scale * max(|c|, 1) around c = clip(p0, lower, upper), cut at the finite bound
-    if there is one; the max(., 1) keeps a box around p0 = 0 from collapsing.
+    c +- box_scale * max(|c|, 1) around c = clip(p0, lower, upper), cut at the
+    finite bound if there is one; the max(., 1) keeps a box around p0 = 0
+    from collapsing.
+
+    Args:
+        p0: the starting point, an array.
+        lower: None (no lower bounds) or lower bounds broadcastable to `p0`.
+        upper: None (no upper bounds) or upper bounds broadcastable to `p0`.
+        box_scale: the half-width of the box, in units of max(|c|, 1), where
+            a parameter is not bounded on both sides.
+
+    Returns:
+        `(lo, hi, c)`, each of the shape of `p0`.
+
+    Examples:
+        >>> import numpy as np
+        >>> import hybrid_gn
+        >>> lo, hi, c = hybrid_gn.sampling.candidate_box(
+        ...     np.array([1.0, 0.0]), lower=np.array([0.0, -np.inf]),
+        ...     upper=np.array([2.0, np.inf]))
+        >>> print(lo, hi, c)
+        [ 0. -1.] [2. 1.] [1. 0.]
     """
     p0 = jnp.asarray(p0)
     p0 = p0.astype(jnp.result_type(p0, float))
@@ -366,14 +524,48 @@ def candidates(
 ) -> Float[Array, "n ..."]:
     """`n` starting points for a multi-start fit, shape (n, *p0.shape).
 
-    Unit-cube points from `method` ("sobol", "halton": scrambled with `key`; "lhs";
-    "random") are mapped affinely onto the box of `candidate_box` (bounds where both are
-    finite, else p0 +- box_scale * max(|p0|, 1)) and clipped into it, so every candidate
-    satisfies the bounds. With `include_p0` (default) row 0 is p0 itself (clipped into the
-    bounds) and the other n - 1 rows are sampled: the user's guess is never lost to the
-    random draw. For a full 2**m Sobol' block plus p0, pass n = 2**m + 1.
-    `method`, `n` and `include_p0` are static; `box_scale` and the arrays may be traced.
-    Needs lower <= upper.
+    The candidates of `fit_multistart`, also usable for a tournament of your
+    own. Unit-cube points from `method` are mapped affinely onto the box of
+    `candidate_box` (bounds where both are finite, else p0 +- box_scale *
+    max(|p0|, 1)) and clipped into it, so every candidate satisfies the
+    bounds. With `include_p0` (default) row 0 is p0 itself (clipped into the
+    bounds) and the other n - 1 rows are sampled: the user's guess is never
+    lost to the random draw. For a full 2**m Sobol' block plus p0, pass
+    n = 2**m + 1. `method`, `n` and `include_p0` are static; `box_scale` and
+    the arrays may be traced.
+
+    Args:
+        method: "sobol", "halton" (both scrambled with `key`), "lhs" or
+            "random".
+        n: number of candidates, a static Python int.
+        p0: the starting point, an array.
+        lower: None or lower bounds broadcastable to `p0`.
+        upper: None or upper bounds broadcastable to `p0`; needs
+            lower <= upper.
+        key: a JAX random key.
+        box_scale: as in `candidate_box`; positive.
+        include_p0: whether row 0 is p0.
+
+    Returns:
+        An (n, *p0.shape) array.
+
+    Raises:
+        ValueError: an unknown `method`, a negative `n` or a `box_scale`
+            that is not positive.
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> import hybrid_gn
+        >>> lower, upper = np.array([0.0, -np.inf]), np.array([2.0, np.inf])
+        >>> points = hybrid_gn.sampling.candidates(
+        ...     "sobol", 9, np.array([1.0, 0.0]), lower, upper, key=jax.random.key(0))
+        >>> points.shape
+        (9, 2)
+        >>> print(points[0])  # p0 itself
+        [1. 0.]
+        >>> bool(np.all((points >= lower) & (points <= upper)))
+        True
     """
     n = _check_sizes(n, 0)[0]
     if method not in METHODS:

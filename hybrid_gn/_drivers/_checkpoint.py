@@ -31,7 +31,34 @@ FORMAT = "hybrid_gn-checkpoint-1"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from (corrupt, truncated or not this problem's)."""
+    """A checkpoint that cannot be resumed from (corrupt, truncated or not this problem's).
+
+    `fit_stream(..., resume=path)` raises it instead of resuming silently
+    into a wrong state: when the file is truncated or corrupt (its digest
+    does not match), has another format, or was written for another problem,
+    configuration or data; the message says what differs. It is a
+    `ValueError`.
+
+    Examples:
+        >>> import os
+        >>> import tempfile
+        >>> import jax.numpy as jnp
+        >>> import numpy as np
+        >>> import hybrid_gn
+        >>> def model(p, x):
+        ...     return p[0] * jnp.exp(-p[1] * x)
+        >>> x = np.linspace(0.0, 4.0, 50)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "fit.ckpt")
+        ...     with open(path, "wb") as file:
+        ...         _ = file.write(b"not a checkpoint")
+        ...     try:
+        ...         hybrid_gn.fit_stream(model, np.ones(2), (x, np.exp(-x)), resume=path,
+        ...                              progress=False)
+        ...     except hybrid_gn.CheckpointError as error:
+        ...         print("refused:", "truncated or corrupt" in str(error))
+        refused: True
+    """
 
 
 class Checkpoint(NamedTuple):

@@ -26,7 +26,27 @@ from ._fit import fit
 
 
 class CovarianceWarning(UserWarning):
-    """The covariance of the parameters could not be estimated (pcov is inf)."""
+    """The covariance of the parameters could not be estimated (pcov is inf).
+
+    `curve_fit` warns with it, as scipy does, when `pcov` is not finite: with
+    no more points than parameters and relative sigma, for instance. It is a
+    `UserWarning`, so it can be filtered or turned into an error with the
+    `warnings` module.
+
+    Examples:
+        >>> import warnings
+        >>> import hybrid_gn
+        >>> def line(x, a, b):
+        ...     return a * x + b
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     popt, pcov = hybrid_gn.curve_fit(line, [0.0, 1.0], [1.0, 3.0])
+        >>> caught[0].category is hybrid_gn.CovarianceWarning
+        True
+        >>> print(pcov)
+        [[inf inf]
+         [inf inf]]
+    """
 
 
 def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_finite=None,
@@ -34,12 +54,66 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_
               **options):
     """Fit `f(xdata, *params)` to `ydata`; returns `(popt, pcov)` like scipy.
 
-    With `full_output=True` returns `(popt, pcov, infodict, mesg, ier)` where
-    `infodict` has `nfev` (passes over the data) and `fvec` (weighted residuals
-    at popt). `method` is accepted for compatibility and ignored: the solver
-    is always the hybrid trust-region Gauss-Newton. `check_finite=None` (scipy's
-    default) checks the inputs for NaN/Inf. Raises RuntimeError when the fit does
-    not converge, as scipy does.
+    A drop-in for `scipy.optimize.curve_fit`, with the same signature and
+    semantics, running `fit` underneath. `f` must be written with
+    `jax.numpy`. A 1-D `sigma` divides the residuals, a 2-D `sigma` is a
+    covariance matrix (residuals whitened by its Cholesky factor, so all
+    points go in one chunk); `absolute_sigma` and the pseudo-inverse
+    covariance follow scipy exactly.
+
+    Args:
+        f: the model, `f(xdata, *params)`, returning one value per point.
+        xdata: (n,) or (k, n) independent variable(s).
+        ydata: the (n,) data.
+        p0: the starting point; None starts from ones, moved inside the
+            bounds where they are finite (scipy's default), and then the
+            number of parameters comes from `f`'s signature.
+        sigma: None, (n,) standard deviations, or an (n, n) covariance
+            matrix of `ydata`.
+        absolute_sigma: whether `sigma` is in the units of `ydata` (else
+            `pcov` is scaled by the reduced chi-square).
+        check_finite: None (scipy's default) or True checks the inputs for
+            NaN/Inf.
+        bounds: `(lb, ub)`, each a scalar or one value per parameter.
+        method: accepted for compatibility ("lm", "trf", "dogbox" or None)
+            and ignored: the solver is always the hybrid trust-region
+            Gauss-Newton.
+        jac: must be None: the Jacobian comes from automatic differentiation.
+        full_output: also return scipy's extra outputs.
+        **options: `Config` fields (e.g. `ftol`, `max_iter`, `chunk_size`),
+            or `config=` a whole `Config`; `maxfev`/`max_nfev` map to
+            `max_iter`.
+
+    Returns:
+        `(popt, pcov)` as numpy arrays; with `full_output=True`,
+        `(popt, pcov, infodict, mesg, ier)` where `infodict` has `nfev`
+        (passes over the data) and `fvec` (weighted residuals at popt),
+        `mesg` is the status message and `ier` the `Status` code.
+
+    Raises:
+        RuntimeError: the fit does not converge, as scipy does.
+        ValueError: bad input (shapes, bounds, NaN/Inf, a 2-D sigma that is
+            not positive definite, an unknown `method`).
+        TypeError: a `jac`, or both `config=` and other options.
+
+    Warns:
+        CovarianceWarning: the covariance could not be estimated (`pcov` is
+            inf).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import numpy as np
+        >>> import hybrid_gn
+        >>> def f(x, a, b):
+        ...     return a * jnp.exp(-b * x)
+        >>> x = np.linspace(0.0, 4.0, 50)
+        >>> y = 2.0 * np.exp(-1.3 * x) + 0.001 * np.cos(5.0 * x)
+        >>> popt, pcov = hybrid_gn.curve_fit(f, x, y, p0=[1.0, 1.0])
+        >>> print(np.round(popt, 2))
+        [2.  1.3]
+        >>> perr = np.sqrt(np.diag(pcov))  # standard errors
+        >>> print(bool(np.all(perr < 0.01)))
+        True
     """
     check_finite = True if check_finite is None else bool(check_finite)
     if jac is not None:

@@ -28,27 +28,67 @@ def fit(
     check_finite: bool = True,
     config: Config | None = None,
 ) -> Result:
-    """Fit `model(params, x) ~ y` by least squares; returns a `Result` pytree.
+    """Fit `model(params, x) ~ y` by nonlinear least squares, in one jitted call.
 
-    With `args` given, the model is called as `model(params, x, args)`.
-    `Result.params` is differentiable (forward and reverse mode) with respect
-    to `x`, `y`, `sigma` and `args` by implicit differentiation at the
-    solution; the other fields carry no derivatives.
+    The four phases (normalization, L-BFGS warmup, trust-region Gauss-Newton,
+    covariance) run inside one compiled function with no host round trips. It
+    is pure and jittable, and vmappable over problems (`fit_batch` fits many
+    problems in one call and lets the finished ones stop). `Result.params` is
+    differentiable (forward and reverse mode) with respect to `x`, `y`,
+    `sigma` and `args` by implicit differentiation at the solution; the other
+    fields carry no derivatives.
 
-    `p0` is any pytree of arrays (the structure of `params`); `x` a pytree of
-    arrays with leading axis n; `y` of shape (n,); `sigma` None or (n,)
-    standard deviations (residuals are divided by them); `bounds` None or
-    `(lower, upper)`, each a scalar, a flat (p,) array or a pytree like `p0`;
-    `mask` None or (n,) bool, False for points that must not count (padding
-    of ragged batches: weight 0, their y and sigma are ignored, the model is
-    still evaluated there, so pad x with harmless values).
-    Pure and jittable; vmappable over problems. The model's arrays (the
-    fields of an `equinox.Module`, the arguments of a `functools.partial`)
-    are data, differentiable like `args`; everything else about the model
-    is compiled in, and a model that now computes something else (a changed
-    attribute or closure) gets a new program (`_model`). Shapes are checked
-    always, values (NaN/Inf, bounds, p0 inside bounds) whenever the inputs
-    are concrete.
+    The model's arrays (the fields of an `equinox.Module`, the arguments of a
+    `functools.partial`) are data, differentiable like `args`; everything else
+    about the model is compiled in, and a model that now computes something
+    else (a changed attribute or closure) gets a new program. Shapes are
+    checked always, values (NaN/Inf, bounds, p0 inside bounds) whenever the
+    inputs are concrete.
+
+    Args:
+        model: `model(params, x)`, or `model(params, x, args)` when `args` is
+            given, returning the (n,) predictions; written with `jax.numpy`.
+        p0: the starting point, any pytree of arrays (the structure of
+            `params`).
+        x: a pytree of arrays with leading axis n.
+        y: the (n,) data.
+        sigma: None or (n,) standard deviations (residuals are divided by
+            them).
+        bounds: None or `(lower, upper)`, each a scalar, a flat (p,) array or a
+            pytree like `p0`.
+        args: extra data passed to the model as its third argument.
+        mask: None or (n,) bool, False for points that must not count (padding
+            of ragged batches: weight 0, their y and sigma are ignored, the
+            model is still evaluated there, so pad x with harmless values).
+        absolute_sigma: whether `sigma` is in the units of `y`, as in
+            `scipy.optimize.curve_fit` (else the covariance is scaled by the
+            reduced chi-square).
+        check_finite: refuse NaN/Inf in the data and in `p0`.
+        config: the settings of the four phases (`Config()` when None).
+
+    Returns:
+        A `Result` pytree: `params` and `perr` with the structure of `p0`,
+        `pcov`, `cost`, the status and the per-iteration `trace`.
+
+    Raises:
+        ValueError: bad input (shapes, NaN/Inf with `check_finite`, sigma <= 0,
+            p0 outside the bounds, lower >= upper, too few points), refused
+            before anything is compiled; the message names the argument.
+        TypeError: data that is not real (complex, for instance), a model that
+            is not callable, cannot be traced or returns complex values, or a
+            `config` that is not a `Config`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import numpy as np
+        >>> import hybrid_gn
+        >>> def model(p, x):
+        ...     return p[0] * jnp.exp(-p[1] * x)
+        >>> x = np.linspace(0.0, 4.0, 50)
+        >>> y = 2.0 * np.exp(-1.3 * x)
+        >>> result = hybrid_gn.fit(model, jnp.array([1.0, 1.0]), x, y)
+        >>> print(bool(result.success), np.round(result.params, 3))
+        True [2.  1.3]
     """
     config = Config() if config is None else config
     inputs = check_fit(model, p0, x, y, sigma, bounds, check_finite, config, args, mask)

@@ -31,7 +31,39 @@ from .._validate import as_key, check_fit, check_type
 
 
 class Tournament(eqx.Module):
-    """Settings of the multi-start tournament (all static: they fix array shapes)."""
+    """Settings of the multi-start tournament of `fit_multistart`.
+
+    Candidates (p0 among them) each get a short L-BFGS warmup on a strided
+    subset of the data; the best `keep` fraction survives each round, and the
+    next round works on a subset twice as large. Gauss-Newton then finishes
+    every survivor over all the data. All fields are static: they fix array
+    shapes, so changing one compiles a new program.
+
+    Attributes:
+        n_candidates: starting points, p0 included. Default: 64.
+        rounds: warmup rounds, each ending in a cut. Default: 2.
+        keep: fraction of the candidates kept after each round, in (0, 1].
+            Default: 0.25.
+        method: how candidates are drawn: "sobol", "halton", "lhs" or
+            "random" (see `hybrid_gn.sampling.candidates`). Default: "sobol".
+        iterations: L-BFGS iterations per round. Default: 10.
+        box_scale: half-width of the box around p0, in units of
+            max(|p0|, 1), where a parameter is not bounded on both sides.
+            Default: 1.0.
+        first_subset: data points in round 1; the subset doubles each round.
+            Default: 256.
+
+    Raises:
+        ValueError: `n_candidates` or `iterations` below 1, `rounds` below 0,
+            `keep` outside (0, 1], an unknown `method`, `first_subset` below
+            1 or `box_scale` not positive.
+
+    Examples:
+        >>> import hybrid_gn
+        >>> tournament = hybrid_gn.Tournament(n_candidates=32, rounds=2, keep=0.25)
+        >>> tournament.survivors()  # alive at each round, then given to Gauss-Newton
+        [32, 8, 2]
+    """
 
     n_candidates: int = eqx.field(static=True, default=64)  # p0 included
     rounds: int = eqx.field(static=True, default=2)  # warmup rounds, each ending in a cut
@@ -77,9 +109,53 @@ def fit_multistart(
 ) -> Result:
     """Like `fit`, from the best of a tournament of starting points drawn with `key`.
 
-    Candidates fill the box of `sampling.candidate_box`: the bounds where both
-    are finite, else p0 +- box_scale * max(|p0|, 1). The `Result` is that of
-    the survivor with the lowest cost (its params differentiable like `fit`'s).
+    For models with several local minima (periodic models, sums of peaks),
+    where a fit from one guess can stop in the wrong basin. Candidates fill
+    the box of `hybrid_gn.sampling.candidate_box`: the bounds where both are
+    finite, else p0 +- box_scale * max(|p0|, 1). They get short L-BFGS
+    warmups on growing subsets of the data, the best fraction survives each
+    round (see `Tournament`), Gauss-Newton finishes the survivors and the
+    lowest cost wins. Every size is static, so the whole tournament is one
+    jitted function that also vmaps over problems.
+
+    Args:
+        model: as in `fit`.
+        p0: the starting point, always among the candidates.
+        x: as in `fit`.
+        y: as in `fit`.
+        key: a JAX random key (`jax.random.key(seed)`) or an int seed.
+        sigma: as in `fit`.
+        bounds: as in `fit`; where both bounds of a parameter are finite they
+            are its sampling box.
+        args: as in `fit`.
+        mask: as in `fit`.
+        absolute_sigma: as in `fit`.
+        check_finite: as in `fit`.
+        config: as in `fit`.
+        tournament: the tournament's settings (`Tournament()` when None).
+
+    Returns:
+        The `Result` of the survivor with the lowest cost (its params
+        differentiable like `fit`'s).
+
+    Raises:
+        ValueError: bad input, as in `fit`.
+        TypeError: as in `fit`; also a `tournament` that is not a
+            `Tournament` or a `key` that is neither a key nor an int.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import numpy as np
+        >>> import hybrid_gn
+        >>> def model(p, x):
+        ...     return jnp.sin(p[0] * x)
+        >>> x = np.linspace(0.0, 10.0, 200)
+        >>> y = np.sin(3.7 * x)
+        >>> result = hybrid_gn.fit_multistart(
+        ...     model, jnp.array([1.0]), x, y, key=0, bounds=([0.5], [6.0]),
+        ...     tournament=hybrid_gn.Tournament(n_candidates=8, rounds=1))
+        >>> print(bool(result.success), np.round(result.params, 3))
+        True [3.7]
     """
     config = Config() if config is None else config
     tournament = Tournament() if tournament is None else tournament

@@ -54,24 +54,84 @@ def fit_stream(
 ) -> Result:
     """Fit `model(params, x) ~ y` to data streamed from `source`, in bounded memory.
 
-    `source` is a `sources.ChunkSource` (`ArraySource` for numpy arrays and
-    memmaps, `HDF5Source` for datasets of an HDF5 file, `CallableSource`), a
-    tuple `(x, y[, sigma])` of arrays, or a callable returning a new iterator
-    of `(x, y[, sigma])` chunks for each pass. The data is read in blocks of
-    `block_size` points (`prefetch` blocks read ahead in a thread; 0 reads in
-    turn with the computation; each block is accumulated in sub-chunks of
-    `config.chunk_size`); each Gauss-Newton iteration is one pass. The
-    L-BFGS warmup runs in memory on a strided subsample of at most
-    `config.warmup_max_points` points drawn from `warmup_chunks` chunks spread
-    evenly over the data (None: all chunks, which reproduces `fit`'s warmup).
+    For data bigger than memory (an HDF5 file, memory-mapped arrays, data
+    generated on the fly) and for long fits that must survive a restart. The
+    same phases as `fit` run from a thin host loop over data read block by
+    block, keeping one block (plus the read-ahead queue) and the O(p^2) state
+    in memory, whatever the size of the data; each Gauss-Newton iteration is
+    one pass. Each block is accumulated in sub-chunks of `config.chunk_size`
+    points. The L-BFGS warmup runs in memory on a strided subsample of at
+    most `config.warmup_max_points` points drawn from `warmup_chunks` chunks
+    spread evenly over the data. The result equals `fit`'s on the same data
+    up to rounding.
 
     With `checkpoint` (a path), the state is written atomically every
     `checkpoint_every` iterations and at the end; `resume` continues from such
-    a file after checking that it belongs to this problem and configuration.
-    `progress` shows a tqdm bar over iterations and chunks (a widget in
-    notebooks). The other arguments are those of `fit`; the result equals
-    `fit`'s on the same data up to rounding. `chunk_size` is the former name
-    of `block_size` (deprecated: it collided with `Config.chunk_size`).
+    a file after checking that it belongs to this problem and configuration:
+    the model, the start and bounds, the configuration and a digest of all
+    the data, which the first pass after a resume must match before any state
+    is updated (every later pass must match the first one).
+
+    Args:
+        model: as in `fit`.
+        p0: as in `fit`.
+        source: a `hybrid_gn.sources.ChunkSource` (`ArraySource` for numpy
+            arrays and memmaps, `HDF5Source` for datasets of an HDF5 file,
+            `CallableSource`), a tuple `(x, y[, sigma])` of arrays, or a
+            callable returning a new iterator of `(x, y[, sigma])` chunks for
+            each pass.
+        bounds: as in `fit`.
+        args: as in `fit`.
+        absolute_sigma: as in `fit`.
+        check_finite: as in `fit`; bad data raises an error naming the chunk.
+        config: as in `fit`.
+        block_size: points read at a time; at least the number of parameters.
+        warmup_chunks: chunks the warmup subsample is drawn from (None: all
+            chunks, which reproduces `fit`'s warmup).
+        prefetch: blocks read ahead in a thread (0 reads in turn with the
+            computation).
+        checkpoint: None, or the path of the checkpoint file to write.
+        checkpoint_every: iterations between checkpoint writes.
+        resume: None, or the path of a checkpoint to continue from.
+        progress: show a tqdm bar over iterations and chunks (a widget in
+            notebooks).
+        chunk_size: the former name of `block_size` (deprecated, with a
+            `FutureWarning`: it collided with `Config.chunk_size`).
+
+    Returns:
+        A `Result`, as from `fit`.
+
+    Raises:
+        CheckpointError: `resume` names a checkpoint that is truncated,
+            corrupt, or written for another problem, configuration or data.
+        ValueError: bad input or data, as in `fit` (naming the chunk), an
+            invalid `block_size`, `checkpoint_every`, `prefetch` or
+            `warmup_chunks`, or data that changed between passes.
+        TypeError: as in `fit`, or a `source` of the wrong kind (an iterator,
+            which can be read only once, for instance).
+        OSError: a `checkpoint` that cannot be written there (checked before
+            the fit starts).
+
+    Examples:
+        >>> import os
+        >>> import tempfile
+        >>> import jax.numpy as jnp
+        >>> import numpy as np
+        >>> import hybrid_gn
+        >>> def model(p, x):
+        ...     return p[0] * jnp.exp(-p[1] * x)
+        >>> x = np.linspace(0.0, 4.0, 1000)
+        >>> source = hybrid_gn.sources.ArraySource(x, 2.0 * np.exp(-1.3 * x))
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "fit.ckpt")
+        ...     result = hybrid_gn.fit_stream(model, np.ones(2), source, block_size=256,
+        ...                                   checkpoint=path, progress=False)
+        ...     resumed = hybrid_gn.fit_stream(model, np.ones(2), source, block_size=256,
+        ...                                    resume=path, progress=False)
+        >>> print(bool(result.success), np.round(result.params, 3))
+        True [2.  1.3]
+        >>> print(np.round(resumed.params, 3))
+        [2.  1.3]
     """
     config = Config() if config is None else config
     block_size = _block_size(block_size, chunk_size)

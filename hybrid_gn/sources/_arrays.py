@@ -11,7 +11,33 @@ from ._protocol import Block, ChunkSource
 
 
 class ArraySource(ChunkSource):
-    """In-memory numpy arrays or `np.memmap`s, sliced without copying."""
+    """In-memory numpy arrays or `np.memmap`s, sliced without copying.
+
+    For data that is already an array, or a memory-mapped file larger than
+    memory: a memmap stays on disk and blocks are converted as they are read.
+    A tuple `(x, y[, sigma])` passed to `fit_stream` becomes one. It has
+    random access, so the warmup subsample reads only the chunks it needs.
+
+    Args:
+        x: a pytree of arrays with leading axis n.
+        y: the (n,) data.
+        sigma: None or (n,) standard deviations.
+
+    Raises:
+        ValueError: `y` not 1-D, or `x` or `sigma` whose leading axis is not
+            n.
+
+    Examples:
+        >>> import numpy as np
+        >>> import hybrid_gn
+        >>> source = hybrid_gn.sources.ArraySource(np.arange(10.0), np.ones(10))
+        >>> source.n_points
+        10
+        >>> [block.length for block in source.blocks(4)]
+        [4, 4, 2]
+        >>> source.block_range(2, 5).x
+        array([2., 3., 4.])
+    """
 
     random_access = True
 

@@ -10,8 +10,34 @@ from ._protocol import Block, ChunkSource
 class CallableSource(ChunkSource):
     """`make_iterator()` returns a new iterator of `(x, y)` or `(x, y, sigma)` per pass.
 
-    Chunks may have any length; they are re-cut into the driver's chunk size.
-    The number of points is unknown until a pass has been read.
+    For data generated on the fly or read by code of your own (a generator
+    function is the natural `make_iterator`). Chunks may have any length;
+    they are re-cut into the driver's chunk size. The number of points is
+    unknown until a pass has been read. A callable passed to `fit_stream`
+    becomes one.
+
+    Args:
+        make_iterator: called once per pass; it must return a fresh iterator
+            each time (the data is read once per iteration).
+
+    Raises:
+        TypeError: `make_iterator` is not callable.
+        ValueError: (while reading) `make_iterator` returned None or the
+            iterator of the last pass, or a chunk that is not a tuple
+            `(x, y)` or `(x, y, sigma)`.
+
+    Examples:
+        >>> import numpy as np
+        >>> import hybrid_gn
+        >>> def chunks():
+        ...     for start in range(0, 10, 3):
+        ...         x = np.arange(start, min(start + 3, 10), dtype=float)
+        ...         yield x, 2.0 * x
+        >>> source = hybrid_gn.sources.CallableSource(chunks)
+        >>> print(source.n_points)
+        None
+        >>> [block.length for block in source.blocks(4)]  # as the callable yields them
+        [3, 3, 3, 1]
     """
 
     def __init__(self, make_iterator: Callable[[], Iterable]):

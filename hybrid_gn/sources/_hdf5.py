@@ -14,8 +14,37 @@ from ._protocol import Block, ChunkSource, native_dtype
 class HDF5Source(ChunkSource):
     """Named datasets of an HDF5 file: `x` (n,) or (n, d), `y` (n,), optional `sigma` (n,).
 
-    The file is opened for each pass (in the reading thread) and read one
-    slice at a time, so memory stays at one chunk whatever the file size.
+    For data on disk, larger than memory. The file is opened for each pass
+    (in the reading thread) and read one slice at a time, so memory stays at
+    one chunk whatever the file size. Big-endian datasets are converted. It
+    has random access, so the warmup subsample reads only the chunks it
+    needs.
+
+    Args:
+        path: the HDF5 file.
+        x: the name of the x dataset, (n,) or (n, d).
+        y: the name of the y dataset, (n,).
+        sigma: None, or the name of the (n,) sigma dataset.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a dataset is missing (the message lists those there) or
+            has the wrong shape.
+
+    Examples:
+        >>> import os
+        >>> import tempfile
+        >>> import h5py
+        >>> import numpy as np
+        >>> import hybrid_gn
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "data.h5")
+        ...     with h5py.File(path, "w") as file:
+        ...         _ = file.create_dataset("time", data=np.linspace(0.0, 1.0, 10))
+        ...         _ = file.create_dataset("signal", data=np.ones(10))
+        ...     source = hybrid_gn.sources.HDF5Source(path, x="time", y="signal")
+        ...     print(source.n_points, [block.length for block in source.blocks(4)])
+        10 [4, 4, 2]
     """
 
     random_access = True

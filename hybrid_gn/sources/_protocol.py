@@ -13,7 +13,26 @@ from jaxtyping import PyTree
 
 
 class Block(NamedTuple):
-    """Raw data of consecutive points as a source delivers it (numpy arrays)."""
+    """Raw data of consecutive points as a source delivers it (numpy arrays).
+
+    What `ChunkSource.blocks` yields, a named tuple `(x, y, sigma)`; the
+    driver re-cuts blocks into its own chunks, so a block may have any
+    length.
+
+    Attributes:
+        x: arrays with leading axis m (a pytree).
+        y: the (m,) data.
+        sigma: (m,) standard deviations, or None.
+
+    Examples:
+        >>> import numpy as np
+        >>> import hybrid_gn
+        >>> block = hybrid_gn.sources.Block(np.arange(5.0), np.ones(5), None)
+        >>> block.length
+        5
+        >>> block.take(1, 3).x
+        array([1., 2.])
+    """
 
     x: PyTree  # arrays with leading axis m
     y: np.ndarray  # (m,)
@@ -30,8 +49,9 @@ class Block(NamedTuple):
                      None if self.sigma is None else self.sigma[start:stop])
 
     def as_numpy(self, native: bool = True) -> Block:
-        """Every array as a numpy array (see `_numpy_array`); `y` and `sigma` are one array
-        each even when given as lists."""
+        """Every array as a numpy array; `y` and `sigma` are one array each even when given
+        as lists. Numpy arrays (a memmap too) are kept as they are, unless `native` and
+        their byte order is not the machine's (big-endian HDF5/FITS data)."""
         return Block(jax.tree.map(lambda a: _numpy_array(a, native), self.x),
                      _numpy_array(self.y, native),
                      None if self.sigma is None else _numpy_array(self.sigma, native))
@@ -64,9 +84,36 @@ class Chunk(NamedTuple):
 class ChunkSource(abc.ABC):
     """Data that can be read from the start as often as needed (one read per pass).
 
-    `n_points` is the number of points when known without a pass (else None).
-    Sources with `random_access` also implement `block_range`, which the
-    warmup uses to read only the chunks it samples.
+    The base class of the sources `fit_stream` reads: `ArraySource`,
+    `HDF5Source` and `CallableSource`. A source only has to produce, for each
+    pass, a fresh sequence of raw `Block`s `(x, y, sigma or None)`; the
+    driver cuts them into fixed-size chunks, checks each block (shapes,
+    dtypes, NaN/Inf, sigma > 0) with errors that name the chunk and the
+    dataset, and can read ahead in a background thread. A new kind of source
+    subclasses it and implements `blocks`.
+
+    Attributes:
+        n_points: the number of points when known without a pass (else
+            None).
+        random_access: whether the source also implements `block_range`,
+            which the warmup uses to read only the chunks it samples.
+
+    Examples:
+        >>> import numpy as np
+        >>> import hybrid_gn
+        >>> class Ramp(hybrid_gn.sources.ChunkSource):
+        ...     # y = 2 x at x = 0, 1, ..., n - 1, made on the fly for each pass
+        ...     def __init__(self, n):
+        ...         self.n = n
+        ...     def blocks(self, size):
+        ...         for start in range(0, self.n, size):
+        ...             x = np.arange(start, min(start + size, self.n), dtype=float)
+        ...             yield hybrid_gn.sources.Block(x, 2.0 * x, None)
+        >>> source = Ramp(10)
+        >>> print(source.n_points, source.random_access)
+        None False
+        >>> [block.length for block in source.blocks(4)]
+        [4, 4, 2]
     """
 
     n_points: int | None = None
