@@ -164,7 +164,7 @@ class Config(eqx.Module):
     # (RSS over the total sum of squares, 1 - R^2) is above poor_loss_threshold. Its linear
     # model is trusted only in a region of poor_start_radius (if smaller than
     # initial_radius) until steps prove it, so that a first step does not leap into
-    # another basin (see gauss_newton.py)
+    # another basin (see _phases/_gauss_newton.py)
     poor_shape_threshold: float = 0.2
     poor_loss_threshold: float = 3.0
     poor_start_radius: float = 0.03
@@ -184,7 +184,7 @@ class Config(eqx.Module):
         _one_of("warmup_linesearch", self.warmup_linesearch, ("zoom", "backtracking"))
         _check_numbers(self)
 
-    trace_length: int = _static(256)  # per-iteration records kept (the first ones)
+    trace_length: int = _static(256)  # records kept; the last slot holds the latest
     # fused driver: report each iteration on stderr through jax.debug.callback (not compiled
     # in when False); the streaming driver has its own progress bar (fit_stream(progress=))
     progress: bool = _static(False)

@@ -96,7 +96,7 @@ def make_problem(model: Callable, p0: PyTree, bounds, config: Config, dtype,
     """Flatten `p0` and `bounds`, build the normalization, place the start.
 
     With a data `sample` (the warmup subsample), each parameter's influence on
-    the residuals at p0 floors its `p0` scale (`normalize.make_normalization`).
+    the residuals at p0 floors its `p0` scale (`_normalize.make_normalization`).
     """
     p0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), p0)
     theta0, unravel = ravel(p0)

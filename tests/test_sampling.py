@@ -24,6 +24,7 @@ from scipy.stats import qmc
 
 import hybrid_gn  # noqa: F401  (turns on float64)
 from hybrid_gn import sampling
+from hybrid_gn.sampling import _sobol as sobol_module
 
 pytestmark = pytest.mark.filterwarnings("ignore:The balance properties of Sobol")
 
@@ -60,7 +61,7 @@ def assert_one_per_stratum(x: np.ndarray, strata: int) -> None:
 
 
 def test_joe_kuo_table_matches_published_rows():
-    with np.load(sampling._SOBOL_FILE) as data:
+    with np.load(sobol_module._SOBOL_FILE) as data:
         s, a, m = data["s"], data["a"], data["m"]
     assert sampling.sobol_max_dim() == len(s) + 1 >= 1024
     for dim, deg, coef, init in JOE_KUO_HEAD:
@@ -105,8 +106,8 @@ def joe_kuo_directions(s: int, a: int, m: list[int], bits: int = 32) -> list[int
 
 def test_sobol_direction_numbers_all_bits():
     """All 32 bits of every stored dimension (points up to 2**32 depend on them)."""
-    table = sampling._sobol_directions()
-    with np.load(sampling._SOBOL_FILE) as data:
+    table = sobol_module.sobol_directions()
+    with np.load(sobol_module._SOBOL_FILE) as data:
         s, a, m = data["s"], data["a"], data["m"]
     np.testing.assert_array_equal(table[0], [1 << (31 - j) for j in range(32)])
     for row in range(len(s)):
@@ -171,8 +172,8 @@ def test_linear_matrix_scramble_is_a_gf2_matrix_product():
     """L @ C over GF(2) with L unit lower triangular, built from the same random words."""
     rng = np.random.default_rng(0)
     words = rng.integers(0, 2**32, size=(3, 32), dtype=np.uint32)
-    v = sampling._sobol_directions()[:3]
-    got = np.asarray(sampling._linear_matrix_scramble(jnp.asarray(words), jnp.asarray(v)))
+    v = sobol_module.sobol_directions()[:3]
+    got = np.asarray(sobol_module._linear_matrix_scramble(jnp.asarray(words), jnp.asarray(v)))
     for i in range(3):
         bits = (v[i][None, :] >> (31 - np.arange(32))[:, None].astype(np.uint32)) & 1  # C[k, j]
         lower = (words[i][:, None] >> (31 - np.arange(32))[None, :].astype(np.uint32)) & 1

@@ -76,6 +76,6 @@ def start_fit(residual: ResidualFn, u, data: Data) -> StartFit:
 
 
 def poor_start(fit: StartFit, config: Config):
-    """Whether Gauss-Newton starts with `poor_start_radius` (see gauss_newton.py)."""
+    """Whether Gauss-Newton starts with `poor_start_radius` (see _phases/_gauss_newton.py)."""
     return (fit.shape > config.poor_shape_threshold) | (
         fit.relative > config.poor_loss_threshold)

@@ -66,7 +66,7 @@ def init(u0, loss_fn: LossFn, relative_loss: Float[Array, ""], config: Config,
     """Evaluate the start, pick the first-step regime, decide whether to run at all.
 
     `n_points`, the size of the whole data, decides warmup="auto" (see
-    `config.warmup_pays_off`); None counts as large data.
+    `_config.warmup_pays_off`); None counts as large data.
     """
     loss, grad = jax.value_and_grad(loss_fn)(u0)
     mode = jnp.where(relative_loss < config.refine_threshold, WarmupMode.REFINE,
