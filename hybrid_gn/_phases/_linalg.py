@@ -73,7 +73,7 @@ def _jacobi_eigen(a):
 
     def off_diagonal(aii, ajj, aij):
         """Whether a_ij still counts: the rotation criterion and the convergence test."""
-        return jnp.abs(aij) > eps * jnp.sqrt(jnp.abs(aii * ajj))
+        return jnp.abs(aij) > eps * jnp.sqrt(jnp.abs(aii)) * jnp.sqrt(jnp.abs(ajj))
 
     def unconverged(am):
         return functools.reduce(jnp.logical_or, [
@@ -142,7 +142,7 @@ def _jacobi_svd(a):
         ai, aj = a[:, left], a[:, right]
         alpha, beta = jnp.sum(ai * ai, axis=0), jnp.sum(aj * aj, axis=0)
         gamma = jnp.sum(ai * aj, axis=0)
-        active = jnp.abs(gamma) > eps * jnp.sqrt(alpha * beta)
+        active = jnp.abs(gamma) > eps * jnp.sqrt(alpha) * jnp.sqrt(beta)  # no overflow
         zeta = (beta - alpha) / (2 * jnp.where(active, gamma, 1))
         t = jnp.where(zeta >= 0, 1, -1) / (jnp.abs(zeta) + jnp.sqrt(1 + zeta * zeta))
         t = jnp.where(active & jnp.isfinite(t), t, 0)
