@@ -635,10 +635,12 @@ _TR_STEP = jax.jit(trust_region_step, static_argnames="rcond")
 
 
 def _tr_step(r_mat, qtr, scale, radius, free):
+    """The step in the ellipsoid ||scale * s|| <= radius: the kernel's ball step in
+    z = scale * s, with R diag(1/scale)."""
     p = r_mat.shape[1]
-    return np.asarray(_TR_STEP(jnp.asarray(r_mat), jnp.asarray(qtr), jnp.asarray(scale),
-                               jnp.asarray(radius, float), jnp.asarray(free),
-                               rcond=10 * p * EPS))
+    z = _TR_STEP(jnp.asarray(r_mat / scale[None, :]), jnp.asarray(qtr),
+                 jnp.asarray(radius, float), jnp.asarray(free), rcond=10 * p * EPS)
+    return np.asarray(z) / scale
 
 
 @pytest.mark.parametrize("p", [3, 4, 5])

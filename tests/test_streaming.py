@@ -150,6 +150,10 @@ def test_switch_to_streamed_qr(reference):
 def test_memmap_hdf5_and_generator_sources_agree(reference, tmp_path):
     """The three other sources give the array source's fit (same chunks: same rounding)."""
     base = fit_stream(peak, P0, (X, Y, SIGMA), config=CONFIG, block_size=1024, progress=False)
+    with pytest.warns(FutureWarning, match="block_size"):  # the former name still works
+        old_name = fit_stream(peak, P0, (X, Y, SIGMA), config=CONFIG, chunk_size=1024,
+                              progress=False)
+    np.testing.assert_array_equal(old_name.params, base.params)
 
     mm = np.lib.format.open_memmap(tmp_path / "data.npy", mode="w+", shape=(3, N))
     mm[:] = np.stack([X, Y, SIGMA])

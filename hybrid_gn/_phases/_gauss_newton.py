@@ -127,7 +127,7 @@ def propose(state: GaussNewtonState, lower, upper) -> Proposal:
     u = state.u
     cutoff = rcond(state.use_qr, u.shape[0], u.dtype)
     free = free_variables(u, eq.gradient, lower, upper)
-    step = trust_region_step(eq.factor, eq.qtr, jnp.ones_like(u), state.radius, free, cutoff,
+    step = trust_region_step(eq.factor, eq.qtr, state.radius, free, cutoff,
                              orthogonal_rows=~state.use_qr)
     trial = jnp.where(state.started, jnp.clip(u + step, lower, upper), u)
     r_step = eq.factor @ (trial - u)

@@ -177,25 +177,26 @@ def _jacobi_svd(a):
 def trust_region_step(
     factor: Float[Array, "p p"],
     qtr: Float[Array, " p"],
-    scale: Float[Array, " p"],
     radius: Float[Array, ""],
     free: Bool[Array, " p"],
     rcond: float | Float[Array, ""],
     orthogonal_rows: Bool[Array, ""] | bool = False,
 ) -> Float[Array, " p"]:
-    """argmin_s ||R s + qtr||  subject to ||scale * s|| <= radius and s[~free] = 0.
+    """argmin_s ||R s + qtr||  subject to ||s|| <= radius and s[~free] = 0.
 
-    In z = scale * s: z(lambda) = -sum_i s_i b_i / (s_i^2 + lambda) v_i with
-    A = R diag(1/scale) = U S V^T and b = U^T qtr. lambda = 0 (pseudo-inverse
-    Gauss-Newton step, singular values below rcond * s_max dropped) when that
-    step fits, else lambda > 0 by Newton's method on 1/||z|| - 1/radius,
-    which is concave and increasing, so Newton from the left is monotone.
+    The region is a ball: phase 0 has already put the variables on one scale
+    (an ellipsoid ||D s|| <= radius is the ball in z = D s, with R D^-1).
+    s(lambda) = -sum_i s_i b_i / (s_i^2 + lambda) v_i with A = R[:, free] =
+    U S V^T and b = U^T qtr. lambda = 0 (pseudo-inverse Gauss-Newton step,
+    singular values below rcond * s_max dropped) when that step fits, else
+    lambda > 0 by Newton's method on 1/||s|| - 1/radius, which is concave and
+    increasing, so Newton from the left is monotone.
 
-    `orthogonal_rows` says that the rows of A are orthogonal (R = sqrt(E) V^T
-    from the normal equations, unit scale): then A's SVD is read off its rows
-    unless a variable is fixed, and no decomposition is computed.
+    `orthogonal_rows` says that the rows of R are orthogonal (R = sqrt(E) V^T
+    from the normal equations): then its SVD is read off its rows unless a
+    variable is fixed, and no decomposition is computed.
     """
-    a_mat = jnp.where(free[None, :], factor / scale[None, :], 0)
+    a_mat = jnp.where(free[None, :], factor, 0)
     tiny = jnp.finfo(a_mat.dtype).tiny
     row_norms = jnp.linalg.norm(a_mat, axis=1)
     from_rows = (jnp.eye(a_mat.shape[0], dtype=a_mat.dtype), row_norms,
@@ -231,8 +232,7 @@ def trust_region_step(
 
     fits = gn_norm <= radius
     coef = jnp.where(fits, gn, run_if(~fits, damped_step, gn))
-    z = -(vt.T @ coef)
-    return jnp.where(free, z / scale, 0)
+    return jnp.where(free, -(vt.T @ coef), 0)
 
 
 def pinv_gram(factor: Float[Array, "p p"], rcond) -> Float[Array, "p p"]:
