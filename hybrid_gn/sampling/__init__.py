@@ -16,10 +16,12 @@ box where both bounds of a parameter are finite, else into a box around `p0`.
 """
 
 from ._candidates import candidate_box, candidates
-from ._common import METHODS, Method
+from ._common import METHODS as METHODS
+from ._common import Method as Method
 from ._halton import first_primes, halton
 from ._random import latin_hypercube, uniform, unit_points
 from ._sobol import sobol, sobol_max_dim
 
-__all__ = ["METHODS", "Method", "candidate_box", "candidates", "first_primes", "halton",
-           "latin_hypercube", "sobol", "sobol_max_dim", "uniform", "unit_points"]
+# the generators; `Method` and `METHODS` (the method names) are importable too
+__all__ = ["candidate_box", "candidates", "first_primes", "halton", "latin_hypercube", "sobol",
+           "sobol_max_dim", "uniform", "unit_points"]
