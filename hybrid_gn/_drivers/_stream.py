@@ -157,7 +157,8 @@ def fit_stream(
     state = steps.start(setup) if saved is None else run.restore(saved, setup)
     with Progress(progress, -(-surveyed.n_points // block_size)) as bar:
         state = run.iterate(setup, state, bar)
-    return steps.result(setup, state, jnp.asarray(surveyed.n_points), absolute_sigma)
+    return steps.result(steps.for_gauss_newton(setup), state, jnp.asarray(surveyed.n_points),
+                        absolute_sigma)
 
 
 def _block_size(block_size: int, chunk_size: int | None) -> int:

@@ -152,11 +152,12 @@ class StreamRun:
         """Warmup steps on the sample, then one pass per Gauss-Newton iteration, to the end,
         with a checkpoint every `checkpoint_every` iterations and one at the end."""
         bar.iteration(state, self.done)
+        lean = steps.for_gauss_newton(setup)
         while int(state.phase) != pipeline.DONE:
             if int(state.phase) == Phase.WARMUP:
                 state = steps.warmup_step(setup, state)
             else:
-                state = self._gauss_newton_step(setup, state, bar)
+                state = self._gauss_newton_step(lean, state, bar)
             self.done += 1
             bar.iteration(state, self.done)
             if self.done % self.checkpoint_every == 0 and int(state.phase) != pipeline.DONE:

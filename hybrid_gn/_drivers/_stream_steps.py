@@ -2,13 +2,15 @@
 
 Every call takes the `Setup` as an argument (its static parts compare by
 value), so compiled programs are shared by every chunk, every pass and
-every fit with the same model, shapes and static configuration. `fold`
+every fit with the same model, shapes and static configuration (the
+Gauss-Newton pieces get the setup `for_gauss_newton`). `fold`
 accumulates one streamed block, cut into `config.chunk_size` sub-chunks as
 in the in-memory drivers (cache-sized Jacobians), in one compiled scan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -21,6 +23,14 @@ from .._jit import jit
 from .._phases import _accumulate as accumulate
 from .._phases._gauss_newton import Proposal
 from .._result import Result
+
+
+def for_gauss_newton(setup: pipeline.Setup) -> pipeline.Setup:
+    """The setup as the Gauss-Newton pieces read it: without the warmup sample and the size
+    of the data (static), which they never use; their programs then serve every fit with
+    the same block shape, whatever the size of its data."""
+    return dataclasses.replace(setup, sample=None, n_points=0)
+
 
 start = jit(pipeline.start)
 warmup_step = jit(pipeline.warmup_step)
