@@ -14,6 +14,14 @@ is split in two:
   closes over. A plain object mutated in place (`model.scale = 4.0`) traces
   to another jaxpr, gets another key and so a new program.
 
+Plain functions in the key compare by what they compute, not by identity: a
+new `lambda` (or a function redefined in a notebook cell) of the same code
+and constants reuses the compiled program, as a scipy user calling
+`curve_fit(lambda ...)` once per dataset expects. The jaxpr is the whole
+computation, so nothing else about the function can matter. Not when the
+model closes over tracers of an outer transformation: those are known only
+by their shapes, so such functions still compare by identity.
+
 The fingerprint is stable across processes (memory addresses in the printed
 jaxpr are removed), which is what checkpoints compare.
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import types
 from collections.abc import Callable
 
 import equinox as eqx
@@ -38,8 +47,9 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 class ModelKey:
     """The non-array part of a model and the fingerprint of its computation (hashable)."""
 
-    def __init__(self, treedef, static: tuple, fingerprint: str):
+    def __init__(self, treedef, static: tuple, fingerprint: str, portable: bool = True):
         self.treedef, self.static, self.fingerprint = treedef, static, fingerprint
+        self.portable = portable  # no outer tracer among the constants: compare by computation
 
     def rebuild(self, arrays: list) -> Callable:
         """The model, with `arrays` (traced or concrete) in its array slots."""
@@ -50,14 +60,21 @@ class ModelKey:
         return hash((self.treedef, self.fingerprint))
 
     def __eq__(self, other) -> bool:
-        return (isinstance(other, ModelKey) and self.fingerprint == other.fingerprint
-                and self.treedef == other.treedef
-                and all(_same(a, b) for a, b in zip(self.static, other.static, strict=True)))
+        if not (isinstance(other, ModelKey) and self.fingerprint == other.fingerprint
+                and self.treedef == other.treedef):
+            return False
+        by_computation = self.portable and other.portable
+        return all(_same(a, b, by_computation)
+                   for a, b in zip(self.static, other.static, strict=True))
 
 
-def _same(a, b) -> bool:
+def _same(a, b, by_computation: bool) -> bool:
+    """Whether two non-array leaves of equal-fingerprint models are interchangeable."""
     if a is b:
         return True
+    if by_computation and isinstance(a, types.FunctionType) and isinstance(
+            b, types.FunctionType):
+        return True  # the equal fingerprints say they compute the same thing
     try:
         return type(a) is type(b) and bool(a == b)
     except Exception:  # an object whose == is not a truth value: compare by identity
@@ -92,6 +109,7 @@ def split(model: Callable, params: PyTree, chunk: PyTree, args: PyTree = None,
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), arrays)
     closed, output = jax.make_jaxpr(call, return_shape=True)(abstract, params, chunk, args)
     key.fingerprint = fingerprint(closed)
+    key.portable = not any(isinstance(c, jax.core.Tracer) for c in closed.consts)
     return key, arrays, output
 
 

@@ -220,6 +220,38 @@ def test_array_models_are_data_not_constants(make, reference):
     close(second.params[0], reference.params[0] / 4, 1e-6)
 
 
+def test_a_new_lambda_of_the_same_code_reuses_the_program(reference):
+    """Functions compare by what they compute: a fresh lambda per call (as a scipy user
+    writes) compiles once; one with another constant is another model (new program)."""
+    def fresh(scale):
+        return lambda p, x: scale * decay(p, x)
+
+    first = fit(fresh(2.5), P0, X, Y)
+    compiled = api._fit.cache_size()
+    again = fit(fresh(2.5), P0, X, Y)
+    assert api._fit.cache_size() == compiled
+    np.testing.assert_array_equal(again.params, first.params)
+    other = fit(fresh(1.25), P0, X, Y)  # a constant no other test uses: a new program
+    assert api._fit.cache_size() == compiled + 1
+    close(other.params[0], 2 * first.params[0], 1e-6)
+    close(first.params[0], reference.params[0] / 2.5, 1e-6)
+    popt = hybrid_gn.curve_fit(lambda x, a, b, c: a * jnp.exp(-b * x) + c, X, Y, p0=P0)[0]
+    compiled = api._fit.cache_size()
+    again = hybrid_gn.curve_fit(lambda x, a, b, c: a * jnp.exp(-b * x) + c, X, Y, p0=P0)[0]
+    assert api._fit.cache_size() == compiled
+    np.testing.assert_array_equal(again, popt)
+
+
+def test_closures_over_outer_tracers_compare_by_identity():
+    """Under an outer jit a model closing over a traced value is known only by its shape:
+    two such closures must not share a program (each fit sees its own value)."""
+    def amplitude(scale):
+        return fit(lambda p, x: scale * decay(p, x), P0, X, Y).params[0]
+
+    both = jax.jit(lambda s, t: (amplitude(s), amplitude(t)))(2.0, 4.0)
+    close(both[0], 2 * both[1], 1e-6)
+
+
 def test_gradient_with_respect_to_the_model_arrays():
     """d popt / d scale = -popt_a / scale for the amplitude (popt_a * scale is fixed)."""
     def amplitude(scale):

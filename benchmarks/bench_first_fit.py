@@ -1,0 +1,86 @@
+"""The first fit, as a scipy user meets it: `curve_fit` once per dataset, a new lambda each time.
+
+    python benchmarks/bench_first_fit.py --sizes 1e2,1e3,1e4   # RESULTS.md
+    python benchmarks/bench_first_fit.py [--timeout 600]
+
+An exponential decay with offset, `f(x, a, b, c) = a exp(-b x) + c`, noise sd 0.05,
+start (1, 1, 0). In a fresh subprocess per size (`harness.in_subprocess`):
+
+- first call: `import hybrid_gn` done, the first `curve_fit` in the process (tracing and
+  compiling included);
+- new lambda: a second call with a freshly written lambda of the same code on new data
+  of the same size (the program is reused when the function computes the same thing);
+- warm: further calls with the same function (median of 5);
+- scipy: `scipy.optimize.curve_fit` on the same data, the same start (median of 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import harness
+import numpy as np
+
+
+def _data(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0.0, 4.0, n)
+    return x, 2.0 * np.exp(-1.3 * x) + 0.5 + 0.05 * rng.standard_normal(n)
+
+
+def measure(n: int) -> dict:
+    """Seconds of the first, new-lambda and warm `curve_fit` calls, and of scipy's."""
+    import time
+
+    import jax.numpy as jnp
+    import scipy.optimize
+
+    import hybrid_gn
+
+    p0 = [1.0, 1.0, 0.0]
+    x, y = _data(n, 0)
+    t = time.perf_counter()
+    hybrid_gn.curve_fit(lambda x, a, b, c: a * jnp.exp(-b * x) + c, x, y, p0=p0)
+    first = time.perf_counter() - t
+    x2, y2 = _data(n, 1)
+    t = time.perf_counter()
+    popt = hybrid_gn.curve_fit(lambda x, a, b, c: a * jnp.exp(-b * x) + c, x2, y2, p0=p0)[0]
+    new_lambda = time.perf_counter() - t
+
+    def f(x, a, b, c):
+        return a * jnp.exp(-b * x) + c
+
+    def g(x, a, b, c):
+        return a * np.exp(-b * x) + c
+
+    warm = harness.timed_calls(lambda: hybrid_gn.curve_fit(f, x2, y2, p0=p0), 5)
+    reference = harness.timed_calls(lambda: scipy.optimize.curve_fit(g, x2, y2, p0=p0), 5)
+    deviation = float(np.max(np.abs(popt - reference.result[0]) / np.abs(reference.result[0])))
+    return {"first": first, "new_lambda": new_lambda, "warm": warm.seconds,
+            "scipy": reference.seconds, "deviation": deviation}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1e2,1e3,1e4")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per size")
+    args = parser.parse_args()
+    rows = []
+    for n in (int(float(s)) for s in args.sizes.split(",")):
+        out = harness.in_subprocess(measure, n, timeout=args.timeout)
+        if not out.ok:
+            rows.append([harness.sci(n), out.describe(), "–", "–", "–", "–", "–"])
+            continue
+        v = out.value
+        scipy_s = harness.Stats.of(v["scipy"]).median
+        warm_s = harness.Stats.of(v["warm"]).median
+        rows.append([harness.sci(n), f"{v['first']:.2f}", f"{v['new_lambda'] * 1e3:.1f}",
+                     f"{warm_s * 1e3:.1f}", f"{scipy_s * 1e3:.1f}",
+                     f"{v['new_lambda'] / scipy_s:.1f}", f"{v['deviation']:.1e}"])
+    print(harness.markdown_table(
+        ["n", "first call s", "new lambda ms", "warm ms", "scipy ms", "new lambda / scipy",
+         "max rel. dev. of popt from scipy"], rows))
+
+
+if __name__ == "__main__":
+    main()
