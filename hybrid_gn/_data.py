@@ -26,6 +26,9 @@ class Data(eqx.Module):
     y: Float[Array, " n"]
     weight: Float[Array, " n"]
     chunk_size: int = eqx.field(static=True)
+    # inside `shard_map`: the mesh axis this device's share of the points is split over
+    # (sums over the data are completed across it); None for data held whole
+    axis: str | None = eqx.field(static=True, default=None)
 
     @property
     def n(self) -> int:
