@@ -16,6 +16,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, PyTree
 
 from .. import _pipeline as pipeline
@@ -25,6 +26,7 @@ from .._model import Model
 from .._pipeline import PipelineState as State
 from .._result import Result, Trace
 from .._validate_batch import check_batch
+from ._sharded import automatic, data_axis
 
 
 def fit_batch(
@@ -39,6 +41,8 @@ def fit_batch(
     absolute_sigma: bool = False,
     check_finite: bool = True,
     config: Config | None = None,
+    mesh: Mesh | None = None,
+    batch_axis: str | None = None,
 ) -> Result:
     """Fit B independent problems `model(params, x_b) ~ y_b` in one jitted call.
 
@@ -74,6 +78,11 @@ def fit_batch(
             error naming the problem; without it, such a problem just gets
             its own failed status.
         config: the settings of the four phases (`Config()` when None).
+        mesh: None, or a `jax.sharding.Mesh` whose devices share the problems:
+            each device runs its own compacted loops on its problems, with no
+            traffic between devices; the answers are those of one device.
+        batch_axis: the mesh axis the problems are split over (the mesh's
+            first when None).
 
     Returns:
         A `Result` batched over B (every leaf has a leading axis B);
@@ -112,13 +121,43 @@ def fit_batch(
     """
     config = Config() if config is None else config
     inputs = check_batch(model, p0, x, y, sigma, bounds, args, check_finite, config)
-    return _batched(inputs.model, inputs.model_args[0], inputs.p0, inputs.x, inputs.y,
-                    inputs.sigma, inputs.bounds, args, inputs.mask, absolute_sigma, config)
+    batched = (inputs.p0, inputs.x, inputs.y, inputs.sigma, inputs.bounds, args, inputs.mask)
+    if mesh is None and batch_axis is None:
+        return _batched(inputs.model, inputs.model_args[0], *batched, absolute_sigma, config)
+    axis = data_axis(mesh, batch_axis)
+    return _spread(inputs.model, inputs.model_args[0], batched, absolute_sigma, config,
+                   automatic(mesh), axis)
+
+
+@functools.partial(jit, static_argnames=("model", "absolute_sigma", "mesh", "axis"))
+def _spread(model, model_arrays, batched: tuple, absolute_sigma, config, mesh: Mesh,
+            axis: str) -> Result:
+    """`_solve` with the problems split over `axis` of `mesh` (B padded to a multiple of
+    its size with copies of problem 0, whose answers are dropped)."""
+    size = jax.tree.leaves(batched)[0].shape[0]
+    extra = -size % mesh.shape[axis]
+    padded = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], extra, axis=0)]),
+                          batched)
+
+    def local(model_arrays, config, batched):
+        return _solve(model, model_arrays, *batched, absolute_sigma, config)
+
+    problems, shared = PartitionSpec(axis), PartitionSpec()
+    result = jax.shard_map(local, mesh=mesh, in_specs=(shared, shared, problems),
+                           out_specs=problems, check_vma=False)(model_arrays, config, padded)
+    return jax.tree.map(lambda a: a[:size], result)
 
 
 @functools.partial(jit, static_argnames=("model", "absolute_sigma"))
 def _batched(model, model_arrays, p0, x, y, sigma, bounds, args, mask, absolute_sigma,
              config) -> Result:
+    return _solve(model, model_arrays, p0, x, y, sigma, bounds, args, mask, absolute_sigma,
+                  config)
+
+
+def _solve(model, model_arrays, p0, x, y, sigma, bounds, args, mask, absolute_sigma,
+           config) -> Result:
+    """Every problem of the batch, each by the pipeline's transitions (vmapped)."""
     # the model's arrays are shared by every problem: closed over, not batched
     def prepare(p0, x, y, sigma, bounds, args, mask):
         return pipeline.prepare(model, p0, x, y, sigma, bounds, (model_arrays, args), mask,

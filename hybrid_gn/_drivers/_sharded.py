@@ -51,7 +51,7 @@ def fit_sharded(inputs: Inputs, absolute_sigma, config: Config, mesh: Mesh, axis
     Arrays placed on a mesh whose axes are Explicit (`jax.make_mesh`'s default)
     are re-labelled, where they lie, as placed on the same mesh with Auto axes.
     """
-    mesh = _automatic(mesh)
+    mesh = automatic(mesh)
     inputs = inputs._replace(**{name: jax.tree.map(functools.partial(_on, mesh),
                                                    getattr(inputs, name))
                                 for name in ("x", "y", "sigma", "mask")})
@@ -85,7 +85,7 @@ def _fit_sharded(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, con
     return pipeline.finish(setup, state, data, (x, y, sigma, args), mask, absolute_sigma)
 
 
-def _automatic(mesh: Mesh) -> Mesh:
+def automatic(mesh: Mesh) -> Mesh:
     """`mesh` with every axis of the Auto type (the compiler places what the program does
     not constrain), whatever the type the user's mesh has (`jax.make_mesh` makes Explicit
     ones): the driver says itself where the points go, and runs under any transformation."""
