@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh
 from jaxtyping import PRNGKeyArray, PyTree
 
 from . import _model, _values
@@ -81,6 +82,18 @@ def check_type(name: str, value, expected: type, called: str) -> None:
     """Refuse a `value` that is not an `expected` (a Config, a Tournament), naming `name`."""
     if not isinstance(value, expected):
         raise TypeError(f"{name} must be a {called}, got {type(value).__name__}")
+
+
+def mesh_axis(mesh, axis: str | None, name: str) -> str:
+    """The mesh axis named by argument `name` (the mesh's first when None), checked."""
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh (jax.make_mesh((devices,), "
+                        f"('data',))), got {type(mesh).__name__}")
+    axis = mesh.axis_names[0] if axis is None else axis
+    if axis not in mesh.axis_names:
+        raise ValueError(f"{name} {axis!r} is not an axis of the mesh, whose axes are "
+                         f"{mesh.axis_names}")
+    return axis
 
 
 def check_stream_arguments(block_size, warmup_chunks, prefetch, checkpoint_every) -> None:

@@ -25,8 +25,9 @@ from .._jit import jit
 from .._model import Model
 from .._pipeline import PipelineState as State
 from .._result import Result, Trace
+from .._validate import mesh_axis
 from .._validate_batch import check_batch
-from ._sharded import automatic, data_axis
+from ._sharded import automatic
 
 
 def fit_batch(
@@ -124,7 +125,7 @@ def fit_batch(
     batched = (inputs.p0, inputs.x, inputs.y, inputs.sigma, inputs.bounds, args, inputs.mask)
     if mesh is None and batch_axis is None:
         return _batched(inputs.model, inputs.model_args[0], *batched, absolute_sigma, config)
-    axis = data_axis(mesh, batch_axis)
+    axis = mesh_axis(mesh, batch_axis, "batch_axis")
     return _spread(inputs.model, inputs.model_args[0], batched, absolute_sigma, config,
                    automatic(mesh), axis)
 

@@ -12,8 +12,7 @@ from .._config import Config
 from .._jit import jit
 from .._model import Model
 from .._result import Result
-from .._validate import check_fit
-from ._sharded import data_axis as data_axis_of
+from .._validate import check_fit, mesh_axis
 from ._sharded import fit_sharded
 
 
@@ -105,7 +104,7 @@ def fit(
     config = Config() if config is None else config
     inputs = check_fit(model, p0, x, y, sigma, bounds, check_finite, config, args, mask)
     if mesh is not None or data_axis is not None:
-        axis = data_axis_of(mesh, data_axis)
+        axis = mesh_axis(mesh, data_axis, "data_axis")
         return fit_sharded(inputs, absolute_sigma, config, mesh, axis)
     return _fit(*inputs, absolute_sigma, config)
 

@@ -32,18 +32,6 @@ from .._result import Result
 from .._validate import Inputs
 
 
-def data_axis(mesh, axis: str | None) -> str:
-    """The mesh axis the points are split over (the mesh's first by default), checked."""
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh must be a jax.sharding.Mesh (jax.make_mesh((devices,), "
-                        f"('data',))), got {type(mesh).__name__}")
-    axis = mesh.axis_names[0] if axis is None else axis
-    if axis not in mesh.axis_names:
-        raise ValueError(f"data_axis {axis!r} is not an axis of the mesh, whose axes are "
-                         f"{mesh.axis_names}")
-    return axis
-
-
 def fit_sharded(inputs: Inputs, absolute_sigma, config: Config, mesh: Mesh, axis: str
                 ) -> Result:
     """The fused fit with its points split over `axis` of `mesh` (see the module).
