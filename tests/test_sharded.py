@@ -94,13 +94,13 @@ SCRIPT = textwrap.dedent('''
             g1 = jax.grad(lambda y: centre(y, None))(jnp.asarray(y))
             g4 = jax.grad(lambda y: centre(y, mesh))(jnp.asarray(y))
             out["grad"] = float(jnp.max(jnp.abs(g4 - g1)) / jnp.max(jnp.abs(g1)))
-        elif case == "hlo":
+        elif case.startswith("hlo"):
             auto = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Auto,))
             m = 40000  # 10000 points a device; the warmup subsample is 500
             xs, ys = (jax.device_put(a, NamedSharding(auto, PartitionSpec("data")))
                       for a in (np.linspace(0, 10, m), np.ones(m)))
             collectives = {}
-            for factorization in ("auto", "normal", "qr"):
+            for factorization in case.split(":")[1].split(","):
                 c = hybrid_gn.Config(chunk_size=256, warmup_max_points=500,
                                      factorization=factorization)
                 inputs = check_fit(model, p0, xs, ys, None, None, True, c)
@@ -136,35 +136,47 @@ def assert_same(case: dict) -> None:
     assert case["success"] and case["n_points"] == 4003
 
 
+def assert_collectives(hlo: dict) -> None:
+    p = 5
+    for factorization, found in hlo.items():
+        kinds = {kind for kind, _ in found}
+        assert kinds <= {"all-reduce", "all-gather", "collective-permute"}, found
+        # per pass: J^T J, J^T r and the cost in one all-reduce, or the 4 QR factors
+        # ("auto" holds both routes)
+        per_pass = {"normal": [p * p + p + 1], "qr": [4 * (p + 1) ** 2],
+                    "auto": [p * p + p + 1, 4 * (p + 1) ** 2]}[factorization]
+        for size in per_pass:
+            assert any(s == size for _, s in found), (factorization, size, found)
+        # nothing else but the one gather of the 500-point warmup subsample (with its
+        # neighbours' offsets); a device holds 10000 points
+        assert max(size for _, size in found) <= 500 + 8, (factorization, found)
+
+
 def test_sharded_fit_equals_the_single_device_fit_and_only_reduces_small_sums():
-    """Bounds, sigma, n not a multiple of devices or chunks; the QR path; the compiled
-    program moves nothing the size of the data between devices."""
-    out = run("plain", "qr", "placed", "batch", "hlo")
+    """Bounds, sigma, n not a multiple of devices or chunks; fit_batch with the problems
+    split; the compiled program moves nothing the size of the data between devices."""
+    out = run("plain", "batch", "hlo:auto")
     assert_same(out["plain"])
-    assert_same(out["qr"])
-    assert out["placed"] < 1e-10
+    assert_collectives(out["hlo"])
     batch = out["batch"]  # fit_batch(mesh=): each device its own problems
     # the same optimum (to 1e-6 standard errors, as against scipy elsewhere); a problem may
     # take its rounding-level last step in another iteration: each device's program is
     # compiled for its own sub-batch, and the stopping tests at rounding level see that
     assert batch["params"] < 1e-6 and batch["iterations_apart"] <= 2 and batch["success"]
     assert batch["shape"] == [10, 3]
-    p = 5
-    for factorization, found in out["hlo"].items():
-        kinds = {kind for kind, _ in found}
-        assert kinds <= {"all-reduce", "all-gather", "collective-permute"}, found
-        # per pass: J^T J, J^T r and the cost in one all-reduce, or the 4 QR factors
-        per_pass = p * p + p + 1 if factorization == "normal" else 4 * (p + 1) ** 2
-        assert any(size == per_pass for _, size in found), (factorization, found)
-        # nothing else but the one gather of the 500-point warmup subsample (with its
-        # neighbours' offsets); a device holds 10000 points
-        assert max(size for _, size in found) <= 500 + 8, (factorization, found)
 
 
 @pytest.mark.slow
-def test_gradient_through_a_sharded_fit():
-    """The implicit rule on sharded data: d centre / d y equals the single-device one."""
-    assert run("grad")["grad"] < 1e-8
+def test_sharded_qr_path_placed_inputs_and_gradient():
+    """The QR path (its HLO too), inputs already placed on an Explicit mesh, and the
+    implicit rule on sharded data (d centre / d y equals the single-device one). The
+    default suite has the fast variant: the normal-equations path, the HLO of "auto",
+    which holds both routes, and fit_batch."""
+    out = run("qr", "placed", "grad", "hlo:normal,qr")
+    assert_same(out["qr"])
+    assert out["placed"] < 1e-10
+    assert out["grad"] < 1e-8
+    assert_collectives(out["hlo"])
 
 
 def test_sharded_fit_refuses_what_is_not_a_mesh():
