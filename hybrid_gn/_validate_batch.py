@@ -38,11 +38,12 @@ def check_batch(model, p0, x, y, sigma, bounds, args, check_finite: bool,
     bounds = batch_bounds(bounds, p0, batch)
     first = jax.tree.map(lambda a: a[0], (p0, x, y, sigma, args, mask, bounds))
     inputs = check_fit(model, *first[:4], first[6], False, config, first[4], first[5])
-    check_values(_values(p0, x, y, sigma, bounds, mask), check_finite, config, batched=True)
+    check_values(_as_values(p0, x, y, sigma, bounds, mask), check_finite, config, batched=True)
     return Inputs(inputs.model, p0, x, y, sigma, bounds, (inputs.model_args[0], args), mask)
 
 
-def _values(p0, x, y, sigma, bounds, mask) -> Values:
+def _as_values(p0, x, y, sigma, bounds, mask) -> Values:
+    """The batch's concrete inputs, flattened for `check_values`."""
     batch = np.shape(y)[0]
     theta0 = np.concatenate([np.asarray(leaf).reshape(batch, -1)
                              for leaf in jax.tree.leaves(p0)], axis=1)

@@ -153,15 +153,15 @@ def read(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(header, leaves)
 
 
-def restore(checkpoint: Checkpoint, template: PyTree, fingerprint: dict, config: dict,
+def restore(checkpoint: Checkpoint, template: PyTree,
             path: str | os.PathLike = "checkpoint") -> PyTree:
-    """The state saved in `checkpoint`, if it belongs to this problem and configuration.
+    """The state saved in `checkpoint`, if it has the layout of `template`.
 
     `template` is a pytree (arrays or `jax.ShapeDtypeStruct`s) with the
     structure, shapes and dtypes of the state the current problem would start
-    from.
+    from. Whether the checkpoint belongs to this problem and configuration is
+    `check_identity`'s question, asked before the data is read.
     """
-    check_identity(checkpoint, fingerprint, config, path)
     expected, treedef = jax.tree.flatten(template)
     if len(expected) != len(checkpoint.leaves):
         raise CheckpointError(f"checkpoint {path} holds {len(checkpoint.leaves)} state arrays, "

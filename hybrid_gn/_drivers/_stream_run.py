@@ -66,8 +66,8 @@ class StreamRun:
         max_points = config.warmup_max_points
         if not warmup_pays_off(config, self.n):
             max_points = max_points or config.chunk_size
-        chunk = subsample(self.source, self.block_size, self.n, self.warmup_chunks,
-                                  max_points, self.dtype, self.check_finite)
+        chunk = subsample(self.source, self.block_size, self.n, self.warmup_chunks, max_points,
+                          self.dtype, self.check_finite)
         data = Data(jax.device_put(chunk.x), jnp.asarray(chunk.y), jnp.asarray(chunk.weight),
                     chunk.n_valid)
         self._match("sample", _digest.text(_digest.fold(_digest.empty(), 0, data.x, data.y,
@@ -80,7 +80,7 @@ class StreamRun:
         digest must match the data's, else nothing computed from it is used."""
         digest, seen = _digest.empty(), 0
         with contextlib.closing(device_chunks(self.source, self.block_size, self.dtype,
-                                                      self.check_finite, self.prefetch)) as chunks:
+                                              self.check_finite, self.prefetch)) as chunks:
             for chunk in chunks:
                 previous = (acc, digest)
                 if acc is not None:
@@ -126,10 +126,9 @@ class StreamRun:
         return saved
 
     def restore(self, saved: checkpoints.Checkpoint, setup: pipeline.Setup) -> PipelineState:
-        """The saved state, once its problem and configuration match this fit's."""
+        """The saved state (`expect` has matched its problem and configuration)."""
         template = steps.start.eval_shape(setup)
-        state = checkpoints.restore(saved, template, self.fingerprint, self.settings,
-                                    self.resumed_from)
+        state = checkpoints.restore(saved, template, self.resumed_from)
         if int(state.phase) == pipeline.DONE and self.expected["data"] is not None:
             self.one_pass()  # nothing else would read the data: verify it before answering
         self.done = int(state.trace.length)
