@@ -294,3 +294,6 @@ def _check_ranges(config: Config) -> None:
 def _one_of(name: str, value, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+DEFAULT = Config()  # what `config=None` means (made once: making one costs a small fit's time)

@@ -32,12 +32,15 @@ import functools
 import hashlib
 import re
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
+
+from ._code_signature import code_signature
 
 Model = Callable[..., jax.Array]  # model(params, x) or model(params, x, args)
 
@@ -100,6 +103,10 @@ def split(model: Callable, params: PyTree, chunk: PyTree, args: PyTree = None,
     dynamic = [eqx.is_array(leaf) for leaf in leaves]
     arrays = [leaf if d else None for leaf, d in zip(leaves, dynamic, strict=True)]
     static = tuple(None if d else leaf for leaf, d in zip(leaves, dynamic, strict=True))
+    memo = _memo_key(model, treedef, static, (arrays, params, chunk, args))
+    if memo is not None and memo in _TRACED:
+        fingerprint_, portable, output = _TRACED[memo]
+        return ModelKey(treedef, static, fingerprint_, portable), arrays, output
     key = ModelKey(treedef, static, "")
 
     def call(arrays, params, chunk, args):
@@ -110,7 +117,29 @@ def split(model: Callable, params: PyTree, chunk: PyTree, args: PyTree = None,
     closed, output = jax.make_jaxpr(call, return_shape=True)(abstract, params, chunk, args)
     key.fingerprint = fingerprint(closed)
     key.portable = not any(isinstance(c, jax.core.Tracer) for c in closed.consts)
+    if memo is not None:
+        if len(_TRACED) >= _MEMO_SIZE:
+            del _TRACED[next(iter(_TRACED))]  # the oldest entry
+        _TRACED[memo] = (key.fingerprint, key.portable, output)
     return key, arrays, output
+
+
+# what tracing found for a model, by its code signature and the abstract inputs
+_TRACED: dict[Hashable, tuple[str, bool, jax.ShapeDtypeStruct]] = {}
+_MEMO_SIZE = 512
+
+
+def _memo_key(model: Callable, treedef, static: tuple, inputs: PyTree) -> Hashable | None:
+    """What identifies a trace of a plain function (or a partial of one) on these inputs
+    without tracing it; None for anything else (modules, objects: traced every time)."""
+    if not isinstance(model, types.FunctionType | functools.partial):
+        return None
+    signature = code_signature(static)
+    if signature is None:
+        return None
+    leaves, structure = jax.tree.flatten(inputs)
+    abstract = tuple((np.shape(a), np.dtype(jnp.result_type(a)).str) for a in leaves)
+    return (signature, treedef, structure, abstract, jax.config.jax_enable_x64)
 
 
 def fingerprint(closed: jax.extend.core.ClosedJaxpr) -> str:

@@ -121,18 +121,19 @@ def parameter_influence(residual: ResidualFn, theta, sample: Data,
     return jnp.sqrt(jnp.diagonal(acc.jtj))
 
 
-def flat_bounds(bounds, p0: PyTree, dtype) -> tuple[jax.Array, jax.Array]:
-    """`(lower, upper)` as flat (p,) arrays in ravel order of `p0`."""
-    p = ravel(p0)[0].shape[0]
+def flat_bounds(bounds, p0: PyTree, dtype, xp=jnp) -> tuple[jax.Array, jax.Array]:
+    """`(lower, upper)` as flat (p,) arrays in ravel order of `p0`; `xp=numpy` gives numpy
+    arrays (the input checks, which must not pay for eager JAX operations)."""
+    p = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(p0))
     if bounds is None:
-        return jnp.full(p, -jnp.inf, dtype), jnp.full(p, jnp.inf, dtype)
+        return xp.full(p, -np.inf, dtype), xp.full(p, np.inf, dtype)
     lower, upper = bounds
-    return _flat_bound(lower, p0, p, dtype), _flat_bound(upper, p0, p, dtype)
+    return _flat_bound(lower, p0, p, dtype, xp), _flat_bound(upper, p0, p, dtype, xp)
 
 
-def _flat_bound(b, p0, p: int, dtype) -> jax.Array:
+def _flat_bound(b, p0, p: int, dtype, xp) -> jax.Array:
     if jax.tree.structure(b) == jax.tree.structure(p0):
-        leaves = [jnp.broadcast_to(jnp.asarray(bl, dtype), jnp.shape(pl)).ravel()
+        leaves = [xp.broadcast_to(xp.asarray(bl, dtype), np.shape(pl)).ravel()
                   for bl, pl in zip(jax.tree.leaves(b), jax.tree.leaves(p0), strict=True)]
-        return jnp.concatenate(leaves) if leaves else jnp.zeros(0, dtype)
-    return jnp.broadcast_to(jnp.asarray(b, dtype).ravel(), (p,))
+        return xp.concatenate(leaves) if leaves else xp.zeros(0, dtype)
+    return xp.broadcast_to(xp.asarray(b, dtype).ravel(), (p,))

@@ -16,7 +16,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 from jaxtyping import PRNGKeyArray, PyTree
 
@@ -275,12 +274,12 @@ def _check_values(inputs: Inputs, check_values: bool, config: Config) -> None:
     """The value checks of `_values`, on this one problem (a batch of one)."""
     _, p0, x, y, sigma, bounds, _, mask = inputs
     dtype = float_dtype(p0, y)
-    with jax.ensure_compile_time_eval():  # concrete values even under an outer jit
-        theta0 = ravel_pytree(jax.tree.map(lambda a: jnp.asarray(a, dtype), p0))[0]
-        lower, upper = flat_bounds(bounds, p0, dtype)
+    # numpy, in ravel_pytree's order: eager JAX operations would cost more than a small fit
+    theta0 = np.concatenate([np.asarray(a, dtype).ravel() for a in jax.tree.leaves(p0)])
+    lower, upper = flat_bounds(bounds, p0, dtype, xp=np)
     n = np.shape(y)[0]
     used = np.ones(n, bool) if mask is None else np.asarray(mask)
-    values = Values(np.asarray(theta0)[None], np.asarray(lower)[None], np.asarray(upper)[None],
+    values = Values(theta0[None], lower[None], upper[None],
                     [np.asarray(leaf)[None] for leaf in jax.tree.leaves(x)],
                     np.asarray(y)[None], None if sigma is None else np.asarray(sigma)[None],
                     used[None])

@@ -20,7 +20,7 @@ from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, PyTree
 
 from .. import _pipeline as pipeline
-from .._config import Config
+from .._config import DEFAULT, Config
 from .._jit import jit
 from .._model import Model
 from .._pipeline import PipelineState as State
@@ -120,7 +120,7 @@ def fit_batch(
         >>> print(np.round(result.params[:, 1], 3), result.n_points)
         [0.5 1.  2. ] [50 30 40]
     """
-    config = Config() if config is None else config
+    config = DEFAULT if config is None else config
     inputs = check_batch(model, p0, x, y, sigma, bounds, args, check_finite, config)
     batched = (inputs.p0, inputs.x, inputs.y, inputs.sigma, inputs.bounds, args, inputs.mask)
     if mesh is None and batch_axis is None:

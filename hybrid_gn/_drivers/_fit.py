@@ -8,7 +8,7 @@ from jax.sharding import Mesh
 from jaxtyping import PyTree
 
 from .. import _pipeline as pipeline
-from .._config import Config
+from .._config import DEFAULT, Config
 from .._jit import jit
 from .._model import Model
 from .._result import Result
@@ -101,7 +101,7 @@ def fit(
         >>> print(bool(result.success), np.round(result.params, 3))
         True [2.  1.3]
     """
-    config = Config() if config is None else config
+    config = DEFAULT if config is None else config
     inputs = check_fit(model, p0, x, y, sigma, bounds, check_finite, config, args, mask)
     if mesh is not None or data_axis is not None:
         axis = mesh_axis(mesh, data_axis, "data_axis")

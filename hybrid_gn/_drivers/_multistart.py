@@ -20,7 +20,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from .. import _pipeline as pipeline
 from .. import sampling
-from .._config import Config
+from .._config import DEFAULT, Config
 from .._data import Data
 from .._jit import jit
 from .._model import Model
@@ -157,7 +157,7 @@ def fit_multistart(
         >>> print(bool(result.success), np.round(result.params, 3))
         True [3.7]
     """
-    config = Config() if config is None else config
+    config = DEFAULT if config is None else config
     tournament = Tournament() if tournament is None else tournament
     check_type("tournament", tournament, Tournament, "hybrid_gn.Tournament")
     inputs = check_fit(model, p0, x, y, sigma, bounds, check_finite, config, args, mask)

@@ -21,7 +21,7 @@ import numpy as np
 from jaxtyping import PyTree
 
 from .. import sources
-from .._config import Config
+from .._config import DEFAULT, Config
 from .._loss import describe
 from .._model import Model
 from .._problem import flat_bounds
@@ -134,7 +134,7 @@ def fit_stream(
         >>> print(np.round(resumed.params, 3))
         [2.  1.3]
     """
-    config = Config() if config is None else config
+    config = DEFAULT if config is None else config
     block_size = _block_size(block_size, chunk_size)
     check_type("config", config, Config, "hybrid_gn.Config")
     check_stream_arguments(block_size, warmup_chunks, prefetch, checkpoint_every)
