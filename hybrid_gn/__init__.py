@@ -23,11 +23,15 @@ from ._drivers._curve_fit import CovarianceWarning, curve_fit  # noqa: E402
 from ._drivers._fit import fit  # noqa: E402
 from ._drivers._multistart import Tournament, fit_multistart  # noqa: E402
 from ._drivers._stream import fit_stream  # noqa: E402
+from ._group_weights import GroupWeights  # noqa: E402
+from ._penalty import GroupPenalty  # noqa: E402
 from ._result import Phase, Result, Status, Trace, WarmupMode, WarmupReason  # noqa: E402
 
 __all__ = [
     "CheckpointError",
     "Config",
+    "GroupPenalty",
+    "GroupWeights",
     "CovarianceWarning",
     "Phase",
     "Result",

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._loss import LOSSES, Loss, RhoFn
+from ._penalty import GroupPenalty
 
 Normalization = Literal["auto", "bounds", "p0", "none"]
 JacobianMode = Literal["auto", "forward", "reverse"]
@@ -49,6 +50,8 @@ class Config(eqx.Module):
             Default: "linear".
         f_scale: the residual size C where the loss turns robust: rho_C(z) = C^2 rho(z /
             C^2). Default: 1.0.
+        penalty: a `GroupPenalty`: 1/2 lambda sum_g sum_{i in g} (theta_i - mean_g)^2 added
+            to the cost as extra residual rows, or None. Default: None.
         jacobian: "forward" (p JVPs), "reverse" (chunk VJPs) or "auto". Default: "auto".
         factorization: "qr": streamed QR (accurate to cond(J)); "normal": J^T J
             (cheaper, squares cond(J)); "auto": J^T J until cond(J) exceeds
@@ -139,6 +142,7 @@ class Config(eqx.Module):
     # --- the objective: 1/2 sum rho(r^2), scipy's robust losses ---
     loss: str | RhoFn = _static("linear")  # linear, soft_l1, huber, cauchy, arctan or rho(z)
     f_scale: float = 1.0  # residual size where the loss turns robust
+    penalty: GroupPenalty | None = None  # group-variance rows added once per pass
 
     # --- phase 0: normalization ---
     normalization: Normalization = _static("auto")  # auto: bounds if all finite, else p0
@@ -191,6 +195,9 @@ class Config(eqx.Module):
         _one_of("normalization", self.normalization, ("auto", "bounds", "p0", "none"))
         if not callable(self.loss):
             _one_of("loss", self.loss, tuple(LOSSES))
+        if not isinstance(self.penalty, GroupPenalty | None):
+            raise TypeError(f"penalty must be a hybrid_gn.GroupPenalty or None, got "
+                            f"{type(self.penalty).__name__}")
         _one_of("jacobian", self.jacobian, ("auto", "forward", "reverse"))
         _one_of("factorization", self.factorization, ("auto", "qr", "normal"))
         if not (isinstance(self.warmup, bool) or isinstance(self.warmup, str)

@@ -66,6 +66,19 @@ class Setup(eqx.Module):
         return robust_loss(self.config)
 
     @property
+    def penalty_rows(self) -> accumulate.RowsFn | None:
+        """The configured penalty's residual rows as a function of u (None: no penalty)."""
+        penalty, problem = self.config.penalty, self.problem
+        if penalty is None:
+            return None
+        return lambda u: penalty.rows(problem.to_theta(u))
+
+    def penalty_cost(self, u: Float[Array, " p"]) -> Float[Array, ""]:
+        """1/2 |rows(u)|^2: the penalty's part of the cost (0 without one)."""
+        rows = self.penalty_rows
+        return jnp.zeros((), u.dtype) if rows is None else 0.5 * jnp.sum(rows(u) ** 2)
+
+    @property
     def warmup_runs(self) -> bool:
         """Static: whether a warmup loop exists at all."""
         return warmup_pays_off(self.config, self.n_points)
@@ -106,14 +119,16 @@ def prepare(model, p0, x, y, sigma, bounds, args, mask, config: Config) -> tuple
 
 def warmup_loss(setup: Setup, sample: Data | None = None) -> Callable[[Array], Array]:
     """The warmup's loss: the mean cost per point (1/2 rho(r^2)) on `sample` (the setup's
-    by default), the argument projected onto the box."""
+    by default), plus the penalty spread over the data's points, the argument projected
+    onto the box."""
     sample = setup.sample if sample is None else sample
     residual, problem, robust = setup.residual, setup.problem, setup.loss
     n_sample = jnp.sum(sample.weight > 0)
 
     def loss(u):
-        return accumulate.cost(residual, jnp.clip(u, problem.lower, problem.upper),
-                               sample, robust) / n_sample
+        u = jnp.clip(u, problem.lower, problem.upper)
+        return (accumulate.cost(residual, u, sample, robust) / n_sample
+                + setup.penalty_cost(u) / max(setup.n_points, 1))
 
     return loss
 
@@ -175,7 +190,8 @@ def gauss_newton_step(setup: Setup, data: Data, state: PipelineState) -> Pipelin
     config = setup.config
     proposal = propose(setup, state)
     new = accumulate.linearize(setup.residual, proposal.trial, data, config.jacobian,
-                               config.factorization, state.gauss_newton.use_qr, setup.loss)
+                               config.factorization, state.gauss_newton.use_qr, setup.loss,
+                               setup.penalty_rows)
     return conclude(setup, state, proposal, new)
 
 
@@ -223,9 +239,9 @@ def finish(setup: Setup, state: PipelineState, data: Data, eta: PyTree, mask,
 
     def objective(u, eta):
         x, y, sigma, model_args = eta
-        return accumulate.cost(problem.residual(model_args), u,
-                               make_data(x, y, sigma, config.chunk_size, problem.dtype, keep),
-                               robust)
+        data = make_data(x, y, sigma, config.chunk_size, problem.dtype, keep)
+        return (accumulate.cost(problem.residual(model_args), u, data, robust)
+                + setup.penalty_cost(u))
 
     free = gauss_newton.free_variables(gs.u, gs.model.gradient, problem.lower, problem.upper)
     u_final = implicit.solution(objective, gs.u, free, eta)

@@ -21,6 +21,7 @@ from jaxtyping import PRNGKeyArray, PyTree
 
 from . import _model, _values
 from ._config import Config
+from ._group_weights import GroupWeights
 from ._problem import flat_bounds
 from ._values import Values
 
@@ -81,6 +82,14 @@ def check_type(name: str, value, expected: type, called: str) -> None:
     """Refuse a `value` that is not an `expected` (a Config, a Tournament), naming `name`."""
     if not isinstance(value, expected):
         raise TypeError(f"{name} must be a {called}, got {type(value).__name__}")
+
+
+def weighted_sigma(group_weights, x: PyTree, y, sigma):
+    """`sigma` with the group weights folded in (as given without them), shaped like y."""
+    if group_weights is None:
+        return sigma
+    check_type("group_weights", group_weights, GroupWeights, "hybrid_gn.GroupWeights")
+    return np.broadcast_to(group_weights.sigma(x, sigma), np.shape(y))
 
 
 def mesh_axis(mesh, axis: str | None, name: str) -> str:
@@ -234,6 +243,8 @@ def check_fit(model: Callable, p0: PyTree, x: PyTree, y, sigma, bounds, check_va
     sigma = None if sigma is None else real_array("sigma", sigma)
     args = jax.tree.map(native, args)
     n = _check_shapes(x, y, sigma, mask, p)
+    if config.penalty is not None:
+        config.penalty.check(p)
     bounds = check_bounds(bounds, p0)
     # the model is traced on a chunk of the fit's chunk size (of the whole data when it is
     # streamed: not of the block at hand, so the fingerprint is the same for any block size)

@@ -21,11 +21,12 @@ from jaxtyping import Array, PyTree
 
 from .. import _pipeline as pipeline
 from .._config import DEFAULT, Config
+from .._group_weights import GroupWeights
 from .._jit import jit
 from .._model import Model
 from .._pipeline import PipelineState as State
 from .._result import Result, Trace
-from .._validate import mesh_axis
+from .._validate import mesh_axis, weighted_sigma
 from .._validate_batch import check_batch
 from ._sharded import automatic
 
@@ -42,6 +43,7 @@ def fit_batch(
     absolute_sigma: bool = False,
     check_finite: bool = True,
     config: Config | None = None,
+    group_weights: GroupWeights | None = None,
     mesh: Mesh | None = None,
     batch_axis: str | None = None,
 ) -> Result:
@@ -79,6 +81,8 @@ def fit_batch(
             error naming the problem; without it, such a problem just gets
             its own failed status.
         config: the settings of the four phases (`Config()` when None).
+        group_weights: as in `fit`; its labels (or x's label column) are per problem
+            (B, n) or shared (n,).
         mesh: None, or a `jax.sharding.Mesh` whose devices share the problems:
             each device runs its own compacted loops on its problems, with no
             traffic between devices; the answers are those of one device.
@@ -121,6 +125,7 @@ def fit_batch(
         [0.5 1.  2. ] [50 30 40]
     """
     config = DEFAULT if config is None else config
+    sigma = weighted_sigma(group_weights, x, y, sigma)
     inputs = check_batch(model, p0, x, y, sigma, bounds, args, check_finite, config)
     batched = (inputs.p0, inputs.x, inputs.y, inputs.sigma, inputs.bounds, args, inputs.mask)
     if mesh is None and batch_axis is None:

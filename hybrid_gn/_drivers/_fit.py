@@ -9,10 +9,11 @@ from jaxtyping import PyTree
 
 from .. import _pipeline as pipeline
 from .._config import DEFAULT, Config
+from .._group_weights import GroupWeights
 from .._jit import jit
 from .._model import Model
 from .._result import Result
-from .._validate import check_fit, mesh_axis
+from .._validate import check_fit, mesh_axis, weighted_sigma
 from ._sharded import fit_sharded
 
 
@@ -29,6 +30,7 @@ def fit(
     absolute_sigma: bool = False,
     check_finite: bool = True,
     config: Config | None = None,
+    group_weights: GroupWeights | None = None,
     mesh: Mesh | None = None,
     data_axis: str | None = None,
 ) -> Result:
@@ -69,6 +71,8 @@ def fit(
             reduced chi-square).
         check_finite: refuse NaN/Inf in the data and in `p0`.
         config: the settings of the four phases (`Config()` when None).
+        group_weights: a `GroupWeights`: group g's points count w_g times in the
+            cost (folded into `sigma`), or None.
         mesh: None, or a `jax.sharding.Mesh` whose devices share the points: each
             accumulates the Gauss-Newton model of its share, and one all-reduce
             of p x p + p + 1 numbers per pass combines them (nothing data-sized
@@ -102,6 +106,7 @@ def fit(
         True [2.  1.3]
     """
     config = DEFAULT if config is None else config
+    sigma = weighted_sigma(group_weights, x, y, sigma)
     inputs = check_fit(model, p0, x, y, sigma, bounds, check_finite, config, args, mask)
     if mesh is not None or data_axis is not None:
         axis = mesh_axis(mesh, data_axis, "data_axis")

@@ -22,12 +22,13 @@ from .. import _pipeline as pipeline
 from .. import sampling
 from .._config import DEFAULT, Config
 from .._data import Data
+from .._group_weights import GroupWeights
 from .._jit import jit
 from .._model import Model
 from .._phases import _warmup as warmup
 from .._phases._start_fit import relative_loss
 from .._result import Result
-from .._validate import as_key, check_fit, check_type
+from .._validate import as_key, check_fit, check_type, weighted_sigma
 
 
 class Tournament(eqx.Module):
@@ -105,6 +106,7 @@ def fit_multistart(
     absolute_sigma: bool = False,
     check_finite: bool = True,
     config: Config | None = None,
+    group_weights: GroupWeights | None = None,
     tournament: Tournament | None = None,
 ) -> Result:
     """Like `fit`, from the best of a tournament of starting points drawn with `key`.
@@ -132,6 +134,7 @@ def fit_multistart(
         absolute_sigma: as in `fit`.
         check_finite: as in `fit`.
         config: as in `fit`.
+        group_weights: as in `fit`.
         tournament: the tournament's settings (`Tournament()` when None).
 
     Returns:
@@ -158,6 +161,7 @@ def fit_multistart(
         True [3.7]
     """
     config = DEFAULT if config is None else config
+    sigma = weighted_sigma(group_weights, x, y, sigma)
     tournament = Tournament() if tournament is None else tournament
     check_type("tournament", tournament, Tournament, "hybrid_gn.Tournament")
     inputs = check_fit(model, p0, x, y, sigma, bounds, check_finite, config, args, mask)

@@ -22,6 +22,7 @@ from jaxtyping import PyTree
 
 from .. import sources
 from .._config import DEFAULT, Config
+from .._group_weights import GroupWeights
 from .._loss import describe
 from .._model import Model
 from .._problem import flat_bounds
@@ -44,6 +45,7 @@ def fit_stream(
     absolute_sigma: bool = False,
     check_finite: bool = True,
     config: Config | None = None,
+    group_weights: GroupWeights | None = None,
     block_size: int = 1 << 18,
     warmup_chunks: int | None = 8,
     prefetch: int = 2,
@@ -86,6 +88,8 @@ def fit_stream(
         absolute_sigma: as in `fit`.
         check_finite: as in `fit`; bad data raises an error naming the chunk.
         config: as in `fit`.
+        group_weights: a `GroupWeights` reading each point's group from a `column`
+            of x (folded into each block's sigma), or None.
         block_size: points read at a time; at least the number of parameters.
         warmup_chunks: chunks the warmup subsample is drawn from (None: all
             chunks, which reproduces `fit`'s warmup).
@@ -141,6 +145,9 @@ def fit_stream(
     if checkpoint is not None:
         checkpoints.check_writable(checkpoint)
     source = sources.as_source(source)
+    if group_weights is not None:
+        check_type("group_weights", group_weights, GroupWeights, "hybrid_gn.GroupWeights")
+        source = group_weights.source(source)
     surveyed = survey(source, block_size, check_finite)
     inputs = _check_inputs(model, p0, surveyed, bounds, args, check_finite, config, block_size)
     block_size = min(block_size, surveyed.n_points)  # no block longer than the data
@@ -219,7 +226,9 @@ def _settings(config: Config, block_size: int, warmup_chunks, absolute_sigma,
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     values = {k: (float(v) if isinstance(v, float | np.floating | jax.Array) else v)
               for k, v in fields.items()}
-    values.update(loss=describe(config.loss), block_size=block_size, warmup_chunks=warmup_chunks,
+    values.update(loss=describe(config.loss),
+                  penalty=None if config.penalty is None else config.penalty.describe(),
+                  block_size=block_size, warmup_chunks=warmup_chunks,
                   absolute_sigma=bool(absolute_sigma), check_finite=bool(check_finite))
     return values
 

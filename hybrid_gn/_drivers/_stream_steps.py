@@ -57,6 +57,7 @@ def fold(setup: pipeline.Setup, u, acc: accumulate.Accumulator, x, y, w
 def conclude(setup: pipeline.Setup, state: pipeline.PipelineState, proposal: Proposal,
              acc: accumulate.Accumulator) -> pipeline.PipelineState:
     """`pipeline.conclude`, the pass's accumulator reduced to the trial's model."""
+    acc = accumulate.fold_rows(setup.penalty_rows, proposal.trial, acc)
     return pipeline.conclude(setup, state, proposal, accumulate.finish(acc))
 
 

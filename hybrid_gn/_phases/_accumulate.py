@@ -36,6 +36,8 @@ from ._linalg import symmetric_eigen
 
 # residual(u, x_chunk, y_chunk, weight_chunk) -> weighted residuals of the chunk
 ResidualFn = Callable[[Float[Array, " p"], PyTree, Array, Array], Float[Array, " c"]]
+# rows(u) -> residual rows that do not come from the data (a penalty's)
+RowsFn = Callable[[Float[Array, " p"]], Float[Array, " k"]]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # chunks up to this many points form J^T J and J^T r as products and a sum, which XLA
@@ -97,17 +99,18 @@ def chunk_jacobian(residual: ResidualFn, u, x, y, w, forward: bool):
 
 
 def linearize(residual: ResidualFn, u, data: Data, mode: JacobianMode,
-              factorization: Factorization, use_qr=False, loss: Loss = LINEAR
-              ) -> Linearization:
+              factorization: Factorization, use_qr=False, loss: Loss = LINEAR,
+              rows: RowsFn | None = None) -> Linearization:
     """Exact Gauss-Newton model at `u` of the cost 1/2 sum loss(r^2), chunk by chunk.
 
     `use_qr` (a traced bool) picks the reduction when `factorization` is auto.
+    `rows` (a penalty's residual rows) are folded in once, after the reduction.
     """
     def by(qr: bool):
         def reduce():
             acc = fold_data(residual, u, empty_accumulator(u.shape[0], u.dtype, qr), data, mode,
                             loss)
-            return finish(combine(acc, data.axis))
+            return finish(fold_rows(rows, u, combine(acc, data.axis)))
         return reduce
 
     if factorization == "qr":
@@ -187,6 +190,14 @@ def fold_data(residual: ResidualFn, u, acc: Accumulator, data: Data,
     if data.n_chunks == 1:
         return body(acc, 0)[0]
     return jax.lax.scan(body, acc, jnp.arange(data.n_chunks))[0]
+
+
+def fold_rows(rows: RowsFn | None, u, acc: Accumulator) -> Accumulator:
+    """`acc` with residual rows that are not data (a penalty's) folded in, plain least
+    squares whatever the loss; once per pass, after the reduction over devices."""
+    if rows is None:
+        return acc
+    return fold_chunk(lambda v, x, y, w: rows(v), u, acc, None, None, None, forward=True)
 
 
 def combine(acc: Accumulator, axis: str | None) -> Accumulator:
