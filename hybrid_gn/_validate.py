@@ -278,6 +278,11 @@ def _check_values(inputs: Inputs, check_values: bool, config: Config) -> None:
     with jax.ensure_compile_time_eval():  # concrete values even under an outer jit
         theta0 = ravel_pytree(jax.tree.map(lambda a: jnp.asarray(a, dtype), p0))[0]
         lower, upper = flat_bounds(bounds, p0, dtype)
+    if spread(x, y, sigma, mask):
+        values = Values(np.asarray(theta0)[None], np.asarray(lower)[None],
+                        np.asarray(upper)[None], jax.tree.leaves(x), y, sigma, mask)
+        _values.check_spread_values(values, check_values, config)
+        return
     n = np.shape(y)[0]
     used = np.ones(n, bool) if mask is None else np.asarray(mask)
     values = Values(np.asarray(theta0)[None], np.asarray(lower)[None], np.asarray(upper)[None],
@@ -285,3 +290,9 @@ def _check_values(inputs: Inputs, check_values: bool, config: Config) -> None:
                     np.asarray(y)[None], None if sigma is None else np.asarray(sigma)[None],
                     used[None])
     _values.check_values(values, check_values, config, batched=False)
+
+
+def spread(*trees) -> bool:
+    """Whether some array of `trees` spans devices of other processes (multi-host data)."""
+    return any(isinstance(a, jax.Array) and not a.is_fully_addressable
+               for tree in trees for a in jax.tree.leaves(tree))
