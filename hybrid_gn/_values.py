@@ -4,7 +4,9 @@ Every entry point calls `check_values` on concrete inputs, with a leading
 problem axis (B = 1 for `fit`, `fit_multistart`, `curve_fit`; the batch for
 `fit_batch`; the streamed chunks check their own values as they are read).
 Each check is one vectorized test over the batch; the first bad problem is
-named (`problem b: ...`) when there is more than the one.
+named (`problem b: ...`) when there is more than the one. Data spread over
+several processes is counted by one compiled reduction instead
+(`check_spread_values`), so that every process reaches the same verdict.
 """
 
 from __future__ import annotations
