@@ -1,13 +1,13 @@
 """Where a streamed pass is folded: on one device, or one chunk per device of a mesh axis.
 
 The host loop (`_stream_run`) reads the source in chunks and hands them here
-`group` at a time. `OneDevice` folds each chunk in turn (one at a time).
-`OverMesh` places consecutive chunks round-robin on the devices of the data
-axis (chunk k of a group on device k), and each device folds its chunk into
-its own accumulator and its own data digest with the same `fold_chunk`; the
-pass ends with the one reduction (`_accumulate.combine`: an all-reduce of
-p x p + p + 1 numbers, or the gather of the (p + 1)-square QR factors) and a
-sum of the 2-word digests. The warmup, the trust-region step and the
+`group` at a time (`place`, then `fold` and `digest`). `OneDevice` folds each
+chunk in turn. `OverMesh` places consecutive chunks round-robin on the devices
+of the data axis (chunk k of a group on device k), and each device folds its
+chunk into its own accumulator and its own data digest with the same
+`fold_chunk`; the pass ends with the one reduction (`_accumulate.combine`: an
+all-reduce of p x p + p + 1 numbers, or the gather of the (p + 1)-square QR
+factors) and a sum of the 2-word digests. The warmup, the trust-region step and the
 covariance run replicated on the mesh (`replicate`), so every device holds
 the same state.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +70,9 @@ class OneDevice:
     def empty_digest(self) -> jax.Array:
         return _digest.empty()
 
+    def place(self, chunks: Sequence[Chunk]) -> Sequence[Chunk]:
+        return chunks  # already on the device (`put`)
+
     def fold(self, setup: pipeline.Setup, u, acc: accumulate.Accumulator,
              chunks: Sequence[Chunk]) -> accumulate.Accumulator:
         for chunk in chunks:
@@ -85,6 +89,15 @@ class OneDevice:
 
     def combine_digest(self, digest: jax.Array) -> jax.Array:
         return digest
+
+
+class Step(NamedTuple):
+    """One chunk per device of the data axis: arrays split over it (chunk k on device k)."""
+
+    starts: jax.Array  # (devices,) the index of each chunk's first point, modulo 2^32
+    x: PyTree
+    y: jax.Array
+    weight: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,13 +129,13 @@ class OverMesh:
         return self._stacked(_digest.empty())
 
     def fold(self, setup: pipeline.Setup, u, acc: accumulate.Accumulator,
-             chunks: Sequence[Chunk]) -> accumulate.Accumulator:
-        _, x, y, w = self._spread(chunks)
-        return steps.fold_spread(setup, u, acc, x, y, w, self.mesh, self.axis)
+             step: Step) -> accumulate.Accumulator:
+        return steps.fold_spread(setup, u, acc, step.x, step.y, step.weight, self.mesh,
+                                 self.axis)
 
-    def digest(self, digest: jax.Array, chunks: Sequence[Chunk]) -> jax.Array:
-        starts, x, y, w = self._spread(chunks)
-        return steps.digest_spread(digest, starts, x, y, w, self.mesh, self.axis)
+    def digest(self, digest: jax.Array, step: Step) -> jax.Array:
+        return steps.digest_spread(digest, step.starts, step.x, step.y, step.weight, self.mesh,
+                                   self.axis)
 
     def combine(self, acc: accumulate.Accumulator) -> accumulate.Accumulator:
         return steps.combine_spread(acc, self.mesh, self.axis)
@@ -130,9 +143,9 @@ class OverMesh:
     def combine_digest(self, digest: jax.Array) -> jax.Array:
         return steps.sum_digests(digest)
 
-    def _spread(self, chunks: Sequence[Chunk]):
-        """(starts, x, y, weight) of up to `group` host chunks as arrays split over `axis`,
-        chunk k on the k-th device; a short last group is completed with weight-0 copies."""
+    def place(self, chunks: Sequence[Chunk]) -> Step:
+        """Up to `group` host chunks as one step's arrays split over `axis`, chunk k on the
+        k-th device; a short last group is completed with weight-0 copies."""
         chunks = list(chunks)
         filler = chunks[-1]._replace(start=0, weight=np.zeros_like(chunks[-1].weight))
         chunks += [filler] * (self.group - len(chunks))
@@ -150,4 +163,4 @@ class OverMesh:
         leaves = range(len(jax.tree.leaves(chunks[0].x)))
         x = jax.tree.unflatten(jax.tree.structure(chunks[0].x),
                                [spread(lambda c, i=i: jax.tree.leaves(c.x)[i]) for i in leaves])
-        return starts, x, spread(lambda c: c.y), spread(lambda c: c.weight)
+        return Step(starts, x, spread(lambda c: c.y), spread(lambda c: c.weight))

@@ -87,10 +87,10 @@ class StreamRun:
                                               self.check_finite, self.prefetch,
                                               devices.put)) as chunks:
             for group in groups(chunks, devices.group):
-                previous = (acc, digest)
+                previous, step = (acc, digest), devices.place(group)
                 if acc is not None:
-                    acc = devices.fold(setup, u, acc, group)
-                digest = devices.digest(digest, group)
+                    acc = devices.fold(setup, u, acc, step)
+                digest = devices.digest(digest, step)
                 if self.prefetch == 0:  # strictly in turn: read, then compute
                     jax.block_until_ready((acc, digest))
                 else:  # at most one step queued behind the running one
