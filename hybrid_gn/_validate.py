@@ -288,6 +288,11 @@ def _check_values(inputs: Inputs, check_values: bool, config: Config) -> None:
     # numpy, in ravel_pytree's order: eager JAX operations would cost more than a small fit
     theta0 = np.concatenate([np.asarray(a, dtype).ravel() for a in jax.tree.leaves(p0)])
     lower, upper = flat_bounds(bounds, p0, dtype, xp=np)
+    if spread(x, y, sigma, mask):
+        values = Values(theta0[None], lower[None], upper[None], jax.tree.leaves(x), y, sigma,
+                        mask)
+        _values.check_spread_values(values, check_values, config)
+        return
     n = np.shape(y)[0]
     used = np.ones(n, bool) if mask is None else np.asarray(mask)
     values = Values(theta0[None], lower[None], upper[None],
@@ -295,3 +300,9 @@ def _check_values(inputs: Inputs, check_values: bool, config: Config) -> None:
                     np.asarray(y)[None], None if sigma is None else np.asarray(sigma)[None],
                     used[None])
     _values.check_values(values, check_values, config, batched=False)
+
+
+def spread(*trees) -> bool:
+    """Whether some array of `trees` spans devices of other processes (multi-host data)."""
+    return any(isinstance(a, jax.Array) and not a.is_fully_addressable
+               for tree in trees for a in jax.tree.leaves(tree))

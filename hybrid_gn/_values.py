@@ -4,14 +4,19 @@ Every entry point calls `check_values` on concrete inputs, with a leading
 problem axis (B = 1 for `fit`, `fit_multistart`, `curve_fit`; the batch for
 `fit_batch`; the streamed chunks check their own values as they are read).
 Each check is one vectorized test over the batch; the first bad problem is
-named (`problem b: ...`) when there is more than the one.
+named (`problem b: ...`) when there is more than the one. Data spread over
+several processes is counted by one compiled reduction instead
+(`check_spread_values`), so that every process reaches the same verdict.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import equinox as eqx
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ._config import Config
@@ -32,38 +37,70 @@ class Values(NamedTuple):
 def check_values(values: Values, check_finite: bool, config: Config, batched: bool) -> None:
     """Raise a ValueError naming the argument (and the first bad problem when `batched`) for
     too few points, NaN/Inf (with `check_finite`), sigma <= 0, bad bounds, p0 outside."""
+    _judge(values, count(values, check_finite, np), check_finite, config, batched)
+
+
+def check_spread_values(values: Values, check_finite: bool, config: Config) -> None:
+    """`check_values` of one problem whose data is spread over processes (arrays not fully
+    addressable here, given without the problem axis; `used` None when every point counts).
+
+    One compiled reduction counts what the checks look at; every process receives the
+    same few counts, so all of them raise the same error (none waits for a peer that
+    stopped), and nothing data-sized moves.
+    """
+    def counts(x, y, sigma, used):
+        used = jnp.ones(y.shape, bool) if used is None else used
+        whole = Values(values.theta0, values.lower, values.upper, [a[None] for a in x],
+                       y[None], None if sigma is None else sigma[None], used[None])
+        return count(whole, check_finite, jnp)
+
+    found = jax.jit(counts)(values.x, values.y, values.sigma, values.used)
+    _judge(values, jax.tree.map(np.asarray, found), check_finite, config, batched=False)
+
+
+class Counts(eqx.Module):
+    """What the data checks look at, per problem (each (B,))."""
+
+    used: Any  # the points that count
+    nonfinite: list  # per data array named in `names`: NaN/Inf among the points that count
+    sigma_nonpositive: Any  # sigma <= 0 among the points that count (None without sigma)
+    names: tuple[str, ...] = eqx.field(static=True)
+
+
+def count(values: Values, check_finite: bool, xp) -> Counts:
+    """The `Counts` of `values`, with numpy or (under `jit`) `jax.numpy` as `xp`."""
+    used = values.used
+    arrays = [("y", values.y)] + [("x", leaf) for leaf in values.x] + (
+        [] if values.sigma is None else [("sigma", values.sigma)])
+    checked = [(name, a) for name, a in arrays
+               if check_finite and xp.issubdtype(a.dtype, xp.inexact)]
+    nonfinite = [xp.sum(~xp.isfinite(a.reshape(*used.shape, -1)) & used[:, :, None], axis=(1, 2))
+                 for _, a in checked]
+    bad_sigma = None if values.sigma is None else xp.any((values.sigma <= 0) & used, axis=1)
+    return Counts(used.sum(axis=1), nonfinite, bad_sigma, tuple(name for name, _ in checked))
+
+
+def _judge(values: Values, counts: Counts, check_finite: bool, config: Config,
+           batched: bool) -> None:
     def first(bad: np.ndarray, message: Callable[[int], str]) -> None:
         if np.any(bad):
             b = int(np.argmax(bad))
             raise ValueError((f"problem {b}: " if batched else "") + message(b))
 
-    theta0, used = values.theta0, values.used
-    p = theta0.shape[1]
-    n_used = used.sum(axis=1)
+    p = values.theta0.shape[1]
+    n_used = counts.used
     first(n_used < p, lambda b: f"too few data points: {n_used[b]} points are used, fewer "
                                 f"than the p = {p} parameters of p0")
-    if check_finite:
-        _check_finite(values, first, batched)
-    if values.sigma is not None:
-        first(np.any((values.sigma <= 0) & used, axis=1),
-              lambda b: "sigma must be strictly positive")
-    _check_bounds(values, config, first)
-
-
-def _check_finite(values: Values, first, batched: bool) -> None:
     fails_alone = " (the problem then fails alone)" if batched else ""
-    used = values.used
-    arrays = [("y", values.y)] + [("x", leaf) for leaf in values.x] + (
-        [] if values.sigma is None else [("sigma", values.sigma)])
-    for name, a in arrays:
-        if not np.issubdtype(a.dtype, np.inexact):
-            continue
-        flat = a.reshape(*used.shape, -1)
-        count = np.sum(~np.isfinite(flat) & used[:, :, None], axis=(1, 2))
-        first(count > 0, lambda b, name=name, count=count: (
-            f"{name} contains NaN or Inf ({count[b]} values); clean the data or pass "
+    for name, bad in zip(counts.names, counts.nonfinite, strict=True):
+        first(bad > 0, lambda b, name=name, bad=bad: (
+            f"{name} contains NaN or Inf ({bad[b]} values); clean the data or pass "
             f"check_finite=False{fails_alone}"))
-    first(np.any(~np.isfinite(values.theta0), axis=1), lambda b: "p0 contains NaN or Inf")
+    if check_finite:
+        first(np.any(~np.isfinite(values.theta0), axis=1), lambda b: "p0 contains NaN or Inf")
+    if counts.sigma_nonpositive is not None:
+        first(counts.sigma_nonpositive, lambda b: "sigma must be strictly positive")
+    _check_bounds(values, config, first)
 
 
 def _check_bounds(values: Values, config: Config, first) -> None:

@@ -77,7 +77,10 @@ def fit(
             accumulates the Gauss-Newton model of its share, and one all-reduce
             of p x p + p + 1 numbers per pass combines them (nothing data-sized
             crosses devices). The answer equals the single-device fit's up to
-            the order of the sums.
+            the order of the sums. The devices may belong to several processes
+            (after `jax.distributed.initialize()`): each then passes its share as
+            global arrays (`jax.make_array_from_process_local_data`), and every
+            process gets the whole answer.
         data_axis: the mesh axis the points are split over (the mesh's first
             when None).
 

@@ -42,6 +42,6 @@ class Progress:
         if self.enabled:
             self.inner.reset(total=self.n_chunks)
 
-    def chunk(self) -> None:
+    def chunk(self, count: int = 1) -> None:
         if self.enabled:
-            self.inner.update(1)
+            self.inner.update(count)

@@ -18,6 +18,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from jaxtyping import PyTree
 
 from .. import sources
@@ -32,6 +33,7 @@ from ..sources._survey import Survey, survey
 from . import _checkpoint as checkpoints
 from . import _stream_steps as steps
 from ._progress import Progress
+from ._stream_devices import placement
 from ._stream_run import StreamRun
 
 
@@ -54,6 +56,8 @@ def fit_stream(
     resume: str | os.PathLike | None = None,
     progress: bool = True,
     chunk_size: int | None = None,
+    mesh: Mesh | None = None,
+    data_axis: str | None = None,
 ) -> Result:
     """Fit `model(params, x) ~ y` to data streamed from `source`, in bounded memory.
 
@@ -102,6 +106,15 @@ def fit_stream(
             notebooks).
         chunk_size: the former name of `block_size` (deprecated, with a
             `FutureWarning`: it collided with `Config.chunk_size`).
+        mesh: None, or a `jax.sharding.Mesh` whose devices share each pass: one
+            block per device of `data_axis` per step (round-robin over the
+            blocks), each folded into that device's own accumulator, and one
+            all-reduce of p x p + p + 1 numbers (or a gather of the QR factors)
+            ends the pass. The warmup, the step and the covariance run on every
+            device alike. The answer equals the one-device stream's up to the
+            order of the sums; a checkpoint resumes on any number of devices.
+        data_axis: the mesh axis the blocks are spread over (the mesh's first
+            when None).
 
     Returns:
         A `Result`, as from `fit`.
@@ -142,6 +155,7 @@ def fit_stream(
     block_size = _block_size(block_size, chunk_size)
     check_type("config", config, Config, "hybrid_gn.Config")
     check_stream_arguments(block_size, warmup_chunks, prefetch, checkpoint_every)
+    devices = placement(mesh, data_axis)
     if checkpoint is not None:
         checkpoints.check_writable(checkpoint)
     source = sources.as_source(source)
@@ -156,13 +170,13 @@ def fit_stream(
     bounds = None if inputs.bounds is None else jax.tree.map(lambda b: jnp.asarray(b, dtype),
                                                              inputs.bounds)
     run = StreamRun(source, surveyed.n_points, block_size, dtype, check_finite, prefetch,
-                    warmup_chunks, checkpoint, checkpoint_every)
+                    warmup_chunks, checkpoint, checkpoint_every, devices)
     run.identify(_fingerprint(inputs, p0, bounds, surveyed),
                  _settings(config, block_size, warmup_chunks, absolute_sigma, check_finite))
     saved = None if resume is None else run.expect(resume)
-    setup = steps.make_setup(inputs.model, p0, bounds, inputs.model_args, config,
-                             run.sample(config), surveyed.n_points)
-    state = steps.start(setup) if saved is None else run.restore(saved, setup)
+    setup = devices.replicate(steps.make_setup(inputs.model, p0, bounds, inputs.model_args,
+                                               config, run.sample(config), surveyed.n_points))
+    state = steps.start(setup) if saved is None else devices.replicate(run.restore(saved, setup))
     with Progress(progress, -(-surveyed.n_points // block_size)) as bar:
         state = run.iterate(setup, state, bar)
     return steps.result(steps.for_gauss_newton(setup), state, jnp.asarray(surveyed.n_points),

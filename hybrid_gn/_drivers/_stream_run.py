@@ -32,6 +32,7 @@ from ..sources._survey import subsample
 from . import _checkpoint as checkpoints
 from . import _stream_steps as steps
 from ._progress import Progress
+from ._stream_devices import OneDevice, OverMesh, groups
 
 
 class StreamRun:
@@ -39,11 +40,13 @@ class StreamRun:
 
     def __init__(self, source: sources.ChunkSource, n: int, block_size: int, dtype,
                  check_finite: bool, prefetch: int, warmup_chunks: int | None,
-                 checkpoint=None, checkpoint_every: int = 10):
+                 checkpoint=None, checkpoint_every: int = 10,
+                 devices: OneDevice | OverMesh | None = None):
         self.source, self.n, self.block_size, self.dtype = source, n, block_size, dtype
         self.check_finite, self.prefetch, self.warmup_chunks = check_finite, prefetch, \
             warmup_chunks
         self.checkpoint, self.checkpoint_every = checkpoint, checkpoint_every
+        self.devices = OneDevice() if devices is None else devices  # where passes are folded
         # digests of the warmup subsample and of a whole pass, once known; those of a
         # resumed checkpoint must be matched before its state is used
         self.digests: dict[str, str | None] = {"sample": None, "data": None}
@@ -76,28 +79,30 @@ class StreamRun:
 
     def one_pass(self, setup: pipeline.Setup | None = None, u=None,
                  acc: accumulate.Accumulator | None = None, bar: Progress | None = None):
-        """Read the source once, folding each chunk into `acc` at `u` when given; the pass's
-        digest must match the data's, else nothing computed from it is used."""
-        digest, seen = _digest.empty(), 0
+        """Read the source once, folding each chunk into `acc` at `u` when given (on the
+        devices, `group` chunks a step); the pass's digest must match the data's, else
+        nothing computed from it is used. Returns the pass's combined accumulator."""
+        devices, digest, seen = self.devices, self.devices.empty_digest(), 0
         with contextlib.closing(device_chunks(self.source, self.block_size, self.dtype,
-                                              self.check_finite, self.prefetch)) as chunks:
-            for chunk in chunks:
-                previous = (acc, digest)
+                                              self.check_finite, self.prefetch,
+                                              devices.put)) as chunks:
+            for group in groups(chunks, devices.group):
+                previous, step = (acc, digest), devices.place(group)
                 if acc is not None:
-                    acc = steps.fold(setup, u, acc, chunk.x, chunk.y, chunk.weight)
-                digest = _digest.fold(digest, chunk.start, chunk.x, chunk.y, chunk.weight)
+                    acc = devices.fold(setup, u, acc, step)
+                digest = devices.digest(digest, step)
                 if self.prefetch == 0:  # strictly in turn: read, then compute
                     jax.block_until_ready((acc, digest))
-                else:  # at most one chunk queued behind the running one
+                else:  # at most one step queued behind the running one
                     jax.block_until_ready(previous)
-                seen += chunk.n_valid
+                seen += sum(chunk.n_valid for chunk in group)
                 if bar is not None:
-                    bar.chunk()
+                    bar.chunk(len(group))
         if seen != self.n:
             raise ValueError(f"the source changed between passes: it had {self.n} points, "
                              f"this pass read {seen}")
-        self._match("data", _digest.text(digest))
-        return acc
+        self._match("data", _digest.text(devices.combine_digest(digest)))
+        return None if acc is None else devices.combine(acc)
 
     def _match(self, what: str, digest: str) -> None:
         expected = self.expected[what]
@@ -168,7 +173,7 @@ class StreamRun:
                            bar: Progress) -> PipelineState:
         use_qr = bool(state.gauss_newton.use_qr)
         proposal = steps.propose(setup, state)
-        acc = accumulate.empty_accumulator(proposal.trial.shape[0], self.dtype, use_qr)
+        acc = self.devices.empty(proposal.trial.shape[0], self.dtype, use_qr)
         bar.new_pass()
         acc = self.one_pass(setup, proposal.trial, acc, bar)
         return steps.conclude(setup, state, proposal, acc)

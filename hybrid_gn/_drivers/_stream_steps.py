@@ -14,8 +14,11 @@ import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import PyTree
 
+from .. import _digest
 from .. import _pipeline as pipeline
 from .._config import Config
 from .._data import Data
@@ -45,12 +48,60 @@ def make_setup(model, p0: PyTree, bounds, model_args: PyTree, config: Config, sa
     return pipeline.make_setup(model, p0, bounds, model_args, config, dtype, sample, n_points)
 
 
-@jit
-def fold(setup: pipeline.Setup, u, acc: accumulate.Accumulator, x, y, w
-         ) -> accumulate.Accumulator:
+def _fold(setup: pipeline.Setup, u, acc: accumulate.Accumulator, x, y, w
+          ) -> accumulate.Accumulator:
     """`acc` with one streamed block (x, y, w) folded in, sub-chunk by sub-chunk."""
     data = Data(x, y, w, min(setup.config.chunk_size, y.shape[0]))
     return accumulate.fold_data(setup.residual, u, acc, data, setup.config.jacobian, setup.loss)
+
+
+fold = jit(_fold)
+
+
+def _per_device(f, mesh: Mesh, axis: str, replicated: int, split: int, out_split: bool):
+    """`f` under `shard_map`: its first `replicated` arguments whole on every device, the
+    next `split` split over `axis`. The first split one is a per-device value stacked
+    along a leading axis (one slot a device: an accumulator, a digest), which `f` sees
+    without that axis, the others are the blocks; `f`'s value is stacked again
+    (`out_split`) or the same on every device."""
+    def local(*args):
+        whole, parts = args[:replicated], args[replicated:]
+        out = f(*whole, *(jax.tree.map(lambda a: a[0], parts[0]), *parts[1:]))
+        return jax.tree.map(lambda a: a[None], out) if out_split else out
+
+    spec = PartitionSpec(axis)
+    return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(),) * replicated + (
+        spec,) * split, out_specs=spec if out_split else PartitionSpec(), check_vma=False)
+
+
+@functools.partial(jit, static_argnames=("mesh", "axis"))
+def fold_spread(setup: pipeline.Setup, u, acc: accumulate.Accumulator, x, y, w, mesh: Mesh,
+                axis: str) -> accumulate.Accumulator:
+    """Each device's accumulator (stacked over `axis`) with its block folded in."""
+    return _per_device(_fold, mesh, axis, 2, 4, True)(setup, u, acc, x, y, w)
+
+
+@functools.partial(jit, static_argnames=("mesh", "axis"))
+def digest_spread(digest, starts, x, y, w, mesh: Mesh, axis: str):
+    """Each device's data digest (stacked over `axis`) with its block added."""
+    def add(digest, starts, x, y, w):
+        return _digest.fold(digest, starts[0], x, y, w)
+
+    return _per_device(add, mesh, axis, 0, 5, True)(digest, starts, x, y, w)
+
+
+@functools.partial(jit, static_argnames=("mesh", "axis"))
+def combine_spread(acc: accumulate.Accumulator, mesh: Mesh, axis: str
+                   ) -> accumulate.Accumulator:
+    """The devices' accumulators (stacked over `axis`) reduced to the whole pass's, on
+    every device (`accumulate.combine`: nothing data-sized crosses devices)."""
+    return _per_device(lambda acc: accumulate.combine(acc, axis), mesh, axis, 0, 1, False)(acc)
+
+
+@jit
+def sum_digests(digest):
+    """The devices' digests (stacked) as the digest of all their data (a sum mod 2^32)."""
+    return jnp.sum(digest, axis=0, dtype=jnp.uint32)
 
 
 @jit

@@ -147,7 +147,8 @@ def chunks(source: ChunkSource, size: int, dtype, check_finite: bool) -> Iterato
 
 
 def device_chunks(source: ChunkSource, size: int, dtype, check_finite: bool,
-                  depth: int) -> Iterator[Chunk]:
+                  depth: int, put: Callable[[PyTree], PyTree] = jax.device_put
+                  ) -> Iterator[Chunk]:
     """One pass as device chunks, read and checked up to `depth` chunks ahead in a thread.
 
     The reader fills a ring of `depth + 2` host buffers; the consumer copies
@@ -156,7 +157,8 @@ def device_chunks(source: ChunkSource, size: int, dtype, check_finite: bool,
     so a buffer that will be overwritten is copied once, into a fresh aligned
     array that the device array then owns. Without sigma, full chunks share
     one device array of unit weights. `depth = 0` reads in turn with the
-    consumer.
+    consumer. `put` places the chunk (the default device; a driver that spreads
+    chunks over several devices keeps them on the host and places them itself).
     """
     pool = SlotPool(1 if depth <= 0 else depth + 2, size, dtype)
     items = prefetch(filled(source, size, dtype, check_finite, pool.acquire), depth)
@@ -168,8 +170,8 @@ def device_chunks(source: ChunkSource, size: int, dtype, check_finite: bool,
             w = None if unit else _aligned_copy(chunk.weight)
             pool.release(slot)
             if unit and ones is None:
-                ones = jax.device_put(np.ones(size, dtype))
-            x, y, w = jax.device_put((x, y, ones if unit else w))
+                ones = put(np.ones(size, dtype))
+            x, y, w = put((x, y, ones if unit else w))
             yield chunk._replace(x=x, y=y, weight=w)
     finally:
         pool.closed.set()
