@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._loss import LOSSES, Loss, RhoFn
+
 Normalization = Literal["auto", "bounds", "p0", "none"]
 JacobianMode = Literal["auto", "forward", "reverse"]
 LineSearch = Literal["zoom", "backtracking"]
@@ -40,6 +42,13 @@ class Config(eqx.Module):
     Attributes:
         chunk_size: points per chunk (capped at n); cache-sized is fastest. Default:
             8192.
+        loss: the loss rho of the squared residual z, with scipy's definitions: "linear"
+            (z), "soft_l1", "huber", "cauchy", "arctan", or a callable rho(z) returning
+            an array (3, m) of values, first and second derivatives (scipy's convention)
+            or (m,) values only (derivatives by autodiff). The cost is 1/2 sum rho.
+            Default: "linear".
+        f_scale: the residual size C where the loss turns robust: rho_C(z) = C^2 rho(z /
+            C^2). Default: 1.0.
         jacobian: "forward" (p JVPs), "reverse" (chunk VJPs) or "auto". Default: "auto".
         factorization: "qr": streamed QR (accurate to cond(J)); "normal": J^T J
             (cheaper, squares cond(J)); "auto": J^T J until cond(J) exceeds
@@ -127,6 +136,10 @@ class Config(eqx.Module):
     # auto: J^T J until cond(J) exceeds qr_condition, streamed QR from then on
     factorization: Factorization = _static("auto")
 
+    # --- the objective: 1/2 sum rho(r^2), scipy's robust losses ---
+    loss: str | RhoFn = _static("linear")  # linear, soft_l1, huber, cauchy, arctan or rho(z)
+    f_scale: float = 1.0  # residual size where the loss turns robust
+
     # --- phase 0: normalization ---
     normalization: Normalization = _static("auto")  # auto: bounds if all finite, else p0
 
@@ -176,6 +189,8 @@ class Config(eqx.Module):
     def __check_init__(self):
         _check_ints(self)
         _one_of("normalization", self.normalization, ("auto", "bounds", "p0", "none"))
+        if not callable(self.loss):
+            _one_of("loss", self.loss, tuple(LOSSES))
         _one_of("jacobian", self.jacobian, ("auto", "forward", "reverse"))
         _one_of("factorization", self.factorization, ("auto", "qr", "normal"))
         if not (isinstance(self.warmup, bool) or isinstance(self.warmup, str)
@@ -188,6 +203,11 @@ class Config(eqx.Module):
     # fused driver: report each iteration on stderr through jax.debug.callback (not compiled
     # in when False); the streaming driver has its own progress bar (fit_stream(progress=))
     progress: bool = _static(False)
+
+
+def robust_loss(config: Config) -> Loss:
+    """The configured loss with its scale, as the accumulation uses it."""
+    return Loss(config.loss, config.f_scale)
 
 
 def warmup_pays_off(config: Config, n_points: int) -> bool:
@@ -219,8 +239,8 @@ _INTS = {"chunk_size": 1, "warmup_linesearch_steps": 1, "warmup_memory": 1, "max
 _NON_NEGATIVE = ("ftol", "xtol", "gtol", "warm_start_threshold", "cost_increase_tol",
                  "plateau_rtol", "warmup_gtol", "refine_threshold", "explore_threshold",
                  "poor_shape_threshold", "poor_loss_threshold")
-_POSITIVE = ("first_step_refine", "first_step_careful", "first_step_explore", "max_update_norm",
-             "grad_clip_norm", "initial_radius", "poor_start_radius")
+_POSITIVE = ("f_scale", "first_step_refine", "first_step_careful", "first_step_explore",
+             "max_update_norm", "grad_clip_norm", "initial_radius", "poor_start_radius")
 
 
 def _check_ints(config: Config) -> None:

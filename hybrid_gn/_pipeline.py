@@ -30,8 +30,9 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PyTree
 
 from . import _implicit as implicit
-from ._config import Config, warmup_pays_off, with_tolerances
+from ._config import Config, robust_loss, warmup_pays_off, with_tolerances
 from ._data import Data, make_data
+from ._loss import Loss
 from ._phases import _accumulate as accumulate
 from ._phases import _gauss_newton as gauss_newton
 from ._phases import _warmup as warmup
@@ -58,6 +59,11 @@ class Setup(eqx.Module):
     @property
     def residual(self) -> accumulate.ResidualFn:
         return self.problem.residual(self.model_args)
+
+    @property
+    def loss(self) -> Loss:
+        """The robust loss rho of the cost 1/2 sum rho(r^2) (linear: plain least squares)."""
+        return robust_loss(self.config)
 
     @property
     def warmup_runs(self) -> bool:
@@ -99,15 +105,15 @@ def prepare(model, p0, x, y, sigma, bounds, args, mask, config: Config) -> tuple
 
 
 def warmup_loss(setup: Setup, sample: Data | None = None) -> Callable[[Array], Array]:
-    """The warmup's loss: the mean half squared residual on `sample` (the setup's by
-    default), the argument projected onto the box."""
+    """The warmup's loss: the mean cost per point (1/2 rho(r^2)) on `sample` (the setup's
+    by default), the argument projected onto the box."""
     sample = setup.sample if sample is None else sample
-    residual, problem = setup.residual, setup.problem
+    residual, problem, robust = setup.residual, setup.problem, setup.loss
     n_sample = jnp.sum(sample.weight > 0)
 
     def loss(u):
         return accumulate.cost(residual, jnp.clip(u, problem.lower, problem.upper),
-                               sample) / n_sample
+                               sample, robust) / n_sample
 
     return loss
 
@@ -169,7 +175,7 @@ def gauss_newton_step(setup: Setup, data: Data, state: PipelineState) -> Pipelin
     config = setup.config
     proposal = propose(setup, state)
     new = accumulate.linearize(setup.residual, proposal.trial, data, config.jacobian,
-                               config.factorization, state.gauss_newton.use_qr)
+                               config.factorization, state.gauss_newton.use_qr, setup.loss)
     return conclude(setup, state, proposal, new)
 
 
@@ -211,14 +217,15 @@ def finish(setup: Setup, state: PipelineState, data: Data, eta: PyTree, mask,
            absolute_sigma) -> Result:
     """The `Result` of a run on data in memory, its params differentiable in
     `eta` = (x, y, sigma, model_args) by the implicit rule at the solution."""
-    gs, problem, config = state.gauss_newton, setup.problem, setup.config
+    gs, problem, config, robust = state.gauss_newton, setup.problem, setup.config, setup.loss
     # as a float, so that closure conversion hoists it (it leaves integer tracers closed over)
     keep = None if mask is None else jnp.asarray(mask, problem.dtype)
 
     def objective(u, eta):
         x, y, sigma, model_args = eta
         return accumulate.cost(problem.residual(model_args), u,
-                               make_data(x, y, sigma, config.chunk_size, problem.dtype, keep))
+                               make_data(x, y, sigma, config.chunk_size, problem.dtype, keep),
+                               robust)
 
     free = gauss_newton.free_variables(gs.u, gs.model.gradient, problem.lower, problem.upper)
     u_final = implicit.solution(objective, gs.u, free, eta)

@@ -222,8 +222,8 @@ class Result(eqx.Module):
             (`jax.flatten_util.ravel_pytree` order).
         perr: the standard errors (square root of the diagonal of `pcov`),
             with the structure of `p0`.
-        cost: half the weighted residual sum of squares, as in scipy's
-            `least_squares`.
+        cost: half the weighted residual sum of squares (1/2 sum rho(r^2) with a robust
+            `Config.loss`), as in scipy's `least_squares`.
         status: a `Status` code: why the fit stopped.
         warmup_reason: a `WarmupReason` code: why the warmup handed over.
         warmup_mode: a `WarmupMode` code: the first-step regime.

@@ -11,6 +11,7 @@ are shared when both files run in one session.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -206,6 +207,8 @@ def test_checkpoint_of_another_problem_is_refused(saved):
 def test_checkpoint_of_another_configuration_is_refused(saved):
     with pytest.raises(CheckpointError, match="different configuration.*ftol"):
         run(resume=saved, config=Config(ftol=1e-12, xtol=1e-15, gtol=1e-15))
+    with pytest.raises(CheckpointError, match="different configuration.*loss"):
+        run(resume=saved, config=dataclasses.replace(CONFIG, loss="cauchy"))
     with pytest.raises(CheckpointError, match="different configuration.*block_size"):
         fit_stream(peak, P0, chunks(), block_size=512, config=CONFIG, progress=False,
                    resume=saved)

@@ -22,6 +22,7 @@ from jaxtyping import PyTree
 
 from .. import sources
 from .._config import Config
+from .._loss import describe
 from .._model import Model
 from .._problem import flat_bounds
 from .._result import Result
@@ -218,7 +219,7 @@ def _settings(config: Config, block_size: int, warmup_chunks, absolute_sigma,
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     values = {k: (float(v) if isinstance(v, float | np.floating | jax.Array) else v)
               for k, v in fields.items()}
-    values.update(block_size=block_size, warmup_chunks=warmup_chunks,
+    values.update(loss=describe(config.loss), block_size=block_size, warmup_chunks=warmup_chunks,
                   absolute_sigma=bool(absolute_sigma), check_finite=bool(check_finite))
     return values
 

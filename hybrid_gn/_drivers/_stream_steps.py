@@ -50,7 +50,7 @@ def fold(setup: pipeline.Setup, u, acc: accumulate.Accumulator, x, y, w
          ) -> accumulate.Accumulator:
     """`acc` with one streamed block (x, y, w) folded in, sub-chunk by sub-chunk."""
     data = Data(x, y, w, min(setup.config.chunk_size, y.shape[0]))
-    return accumulate.fold_data(setup.residual, u, acc, data, setup.config.jacobian)
+    return accumulate.fold_data(setup.residual, u, acc, data, setup.config.jacobian, setup.loss)
 
 
 @jit

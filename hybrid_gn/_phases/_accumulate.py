@@ -31,6 +31,7 @@ from jaxtyping import Array, Float, PyTree
 from .._config import Factorization, JacobianMode
 from .._control import run_if
 from .._data import Data
+from .._loss import LINEAR, Loss
 from ._linalg import symmetric_eigen
 
 # residual(u, x_chunk, y_chunk, weight_chunk) -> weighted residuals of the chunk
@@ -96,14 +97,16 @@ def chunk_jacobian(residual: ResidualFn, u, x, y, w, forward: bool):
 
 
 def linearize(residual: ResidualFn, u, data: Data, mode: JacobianMode,
-              factorization: Factorization, use_qr=False) -> Linearization:
-    """Exact Gauss-Newton model at `u`, accumulated chunk by chunk.
+              factorization: Factorization, use_qr=False, loss: Loss = LINEAR
+              ) -> Linearization:
+    """Exact Gauss-Newton model at `u` of the cost 1/2 sum loss(r^2), chunk by chunk.
 
     `use_qr` (a traced bool) picks the reduction when `factorization` is auto.
     """
     def by(qr: bool):
         def reduce():
-            acc = fold_data(residual, u, empty_accumulator(u.shape[0], u.dtype, qr), data, mode)
+            acc = fold_data(residual, u, empty_accumulator(u.shape[0], u.dtype, qr), data, mode,
+                            loss)
             return finish(combine(acc, data.axis))
         return reduce
 
@@ -147,14 +150,20 @@ def empty_accumulator(p: int, dtype, qr: bool) -> Accumulator:
     return NormalAccumulator(jnp.zeros((p, p), dtype), jnp.zeros(p, dtype), jnp.zeros((), dtype))
 
 
-def fold_chunk(residual: ResidualFn, u, acc: Accumulator, x, y, w, forward: bool) -> Accumulator:
+def fold_chunk(residual: ResidualFn, u, acc: Accumulator, x, y, w, forward: bool,
+               loss: Loss = LINEAR) -> Accumulator:
     """`acc` with one more chunk (x, y, weight w) folded in: the one accumulation step.
 
     Both the fused driver (inside a `lax.scan`) and the streaming driver (one
-    jitted call per chunk from the host) fold chunks with this function.
+    jitted call per chunk from the host) fold chunks with this function. A
+    robust `loss` scales the chunk's residuals and Jacobian rows first (see
+    `_loss`), so the sums below are its gradient and Gauss-Newton Hessian.
     """
     r, jt = chunk_jacobian(residual, u, x, y, w, forward)
-    cost = acc.cost + 0.5 * jnp.dot(r, r, precision=_HIGHEST)
+    cost = acc.cost + loss.cost(r)
+    if not loss.linear:
+        root, r = loss.scale(r)
+        jt = jt * root[None, :]
     if isinstance(acc, QRAccumulator):
         stacked = jnp.concatenate([acc.r_aug, jnp.concatenate([jt, r[None, :]]).T])
         return QRAccumulator(jnp.linalg.qr(stacked, mode="r"), cost)
@@ -167,13 +176,13 @@ def fold_chunk(residual: ResidualFn, u, acc: Accumulator, x, y, w, forward: bool
 
 
 def fold_data(residual: ResidualFn, u, acc: Accumulator, data: Data,
-              mode: JacobianMode) -> Accumulator:
+              mode: JacobianMode, loss: Loss = LINEAR) -> Accumulator:
     """`acc` with every chunk of `data` folded in (one compiled scan over the chunks)."""
     forward = use_forward_mode(mode, u.shape[0], data.chunk_size)
 
     def body(acc, i):
         x, y, w = data.chunk(i)
-        return fold_chunk(residual, u, acc, x, y, w, forward), None
+        return fold_chunk(residual, u, acc, x, y, w, forward, loss), None
 
     if data.n_chunks == 1:
         return body(acc, 0)[0]
@@ -221,12 +230,11 @@ def from_normal_equations(jtj, jtr, cost) -> Linearization:
     return Linearization(s[:, None] * eigvec_t, qtr, cost)
 
 
-def cost(residual: ResidualFn, u, data: Data) -> Float[Array, ""]:
-    """0.5 * sum of squared weighted residuals at `u` (no Jacobian)."""
+def cost(residual: ResidualFn, u, data: Data, loss: Loss = LINEAR) -> Float[Array, ""]:
+    """1/2 sum loss(r^2) of the weighted residuals r at `u` (no Jacobian)."""
     def one_chunk(i):
         x, y, w = data.chunk(i)
-        r = residual(u, x, y, w)
-        return 0.5 * jnp.dot(r, r, precision=_HIGHEST)
+        return loss.cost(residual(u, x, y, w))
 
     return sum_over_chunks(one_chunk, data.n_chunks)
 
