@@ -99,10 +99,6 @@ def test_jax_model_stays_compiled():
     same model in numpy has one (pure_callback)."""
     case = CASES_BY_NAME["exp_decay"]
     x, y, _ = make_data(case)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        popt, _ = hybrid_gn.curve_fit(case.f, x, y, p0=case.p0)
-    assert np.all(np.isfinite(popt))
     options = _curve_fit.scipy_options({}, 3, "lm", "curve_fit")
     lb, ub = np.full(3, -np.inf), np.full(3, np.inf)
     p0 = np.asarray(case.p0)
@@ -113,7 +109,9 @@ def test_jax_model_stays_compiled():
             lambda p: problem.model(p, problem.x, problem.args))
         return str(jax.make_jaxpr(jax.jacfwd(call))(jnp.asarray(p0)))
 
-    assert "callback" not in jaxpr(case.f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no HostModelWarning (nor any other)
+        assert "callback" not in jaxpr(case.f)
     with pytest.warns(hybrid_gn.HostModelWarning):
         assert "pure_callback" in jaxpr(exp_decay_np)
 
@@ -185,17 +183,13 @@ def test_jac_options_match_scipy_all():
     _jac_options_case(("3-point", "cs", "numpy-jac", "jax-jac"))
 
 
-def test_scipy_argument_forms():
-    """Forms scipy accepts, each equal to scipy: a Bounds object, a tuple of arrays as
-    multi-dimensional x, a scalar sigma, ydata broadcast from one value."""
+def test_bounds_object_and_tuple_of_x_like_scipy():
+    """A scipy.optimize.Bounds, and a tuple of arrays as multi-dimensional x, equal scipy."""
     case = CASES_BY_NAME["exp_decay"]
     x, y, _ = make_data(case)
     box = scipy.optimize.Bounds([0.0, 0.0, -5.0], [50.0, 10.0, 5.0])
     ref = scipy_tight(exp_decay_np, x, y, case.p0, bounds=box)
     assert_matches_reference(*quiet_curve_fit(exp_decay_np, x, y, p0=case.p0, bounds=box), *ref)
-    ref = scipy_tight(exp_decay_np, x, y, case.p0, sigma=0.3, absolute_sigma=True)
-    assert_matches_reference(*quiet_curve_fit(exp_decay_np, x, y, p0=case.p0, sigma=0.3,
-                                              absolute_sigma=True), *ref)
 
     def plane(xy, a, b, c):
         return a * xy[0] + b * xy[1] ** 2 + c
@@ -205,6 +199,17 @@ def test_scipy_argument_forms():
     z = 1.5 * xy[0] - 0.5 * xy[1] ** 2 + 0.2 + 0.01 * np.sin(7 * xy[0] + 3 * xy[1])
     ref = scipy_tight(plane, xy, z, [1.0, 1.0, 1.0])
     assert_matches_reference(*quiet_curve_fit(plane, xy, z, p0=[1.0, 1.0, 1.0]), *ref)
+
+
+@pytest.mark.slow
+def test_scalar_sigma_and_broadcast_y_like_scipy():
+    """A scalar sigma (absolute), and ydata of one value broadcast to f's output, equal
+    scipy."""
+    case = CASES_BY_NAME["exp_decay"]
+    x, y, _ = make_data(case)
+    ref = scipy_tight(exp_decay_np, x, y, case.p0, sigma=0.3, absolute_sigma=True)
+    assert_matches_reference(*quiet_curve_fit(exp_decay_np, x, y, p0=case.p0, sigma=0.3,
+                                              absolute_sigma=True), *ref)
 
     def flat(x, a):
         return a * np.ones(5)
@@ -254,15 +259,12 @@ def test_full_output_like_scipy():
     assert mesg.endswith("termination condition is satisfied.")
 
 
-@pytest.mark.parametrize("bounds", [None, ([0.0, 0.0, 0.0], [4.9, 10.0, 10.0])],
-                         ids=["unbounded", "active-bound"])
-def test_least_squares_matches_scipy(bounds):
-    """least_squares on a numpy residual function (host, '2-point') and a jax.numpy one
-    equals scipy's: x to 1e-6, cost, fun, jac, grad, active_mask; the result has scipy's
-    fields and success codes."""
+def _least_squares_case(bounds, loss="linear"):
     case = CASES_BY_NAME["exp_decay"]
     t, y, _ = make_data(case)
-    kwargs = {} if bounds is None else {"bounds": bounds}
+    y = y.copy()
+    y[::10] += 1.0  # outliers, for the robust losses
+    kwargs = {"loss": loss, "f_scale": 0.1} if bounds is None else {"bounds": bounds}
 
     def residual_np(p, t, y):
         return exp_decay_np(t, *p) - y
@@ -272,19 +274,53 @@ def test_least_squares_matches_scipy(bounds):
 
     ref = scipy.optimize.least_squares(residual_np, [4.0, 1.0, 0.3], args=(t, y), **TIGHT,
                                        **kwargs)
-    for fun in (residual_np, residual_jnp):
+    for fun in (residual_np, residual_jnp) if loss == "linear" else (residual_jnp,):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", hybrid_gn.HostModelWarning)
             res = hybrid_gn.least_squares(fun, [4.0, 1.0, 0.3], args=(t, y), **TIGHT, **kwargs)
         assert isinstance(res, hybrid_gn.LeastSquaresResult)
         np.testing.assert_allclose(res.x, ref.x, rtol=1e-6)
-        np.testing.assert_allclose(res.cost, ref.cost, rtol=1e-10)
-        np.testing.assert_allclose(res.fun, ref.fun, rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(res.jac, ref.jac, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(res.cost, ref.cost, rtol=1e-9)
+        np.testing.assert_allclose(res.fun, ref.fun, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(res.jac, ref.jac, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(res.grad, ref.grad, atol=1e-6)
         np.testing.assert_array_equal(res.active_mask, ref.active_mask)
         assert res.success and res.status in (1, 2, 3) and res.nfev == res.njev > 0
         assert res.message == LSQ_MESSAGES[res.status]
+
+
+def test_least_squares_matches_scipy():
+    """least_squares with a bound active at the optimum, on a numpy residual function (host,
+    '2-point') and a jax.numpy one, equals scipy's: x to 1e-6, cost, fun, jac, grad,
+    active_mask; the result has scipy's fields, codes and messages."""
+    _least_squares_case(([0.0, 0.0, 0.0], [4.9, 10.0, 10.0]))
+
+
+@pytest.mark.parametrize("loss", ["soft_l1"])
+def test_least_squares_robust_loss_matches_scipy(loss):
+    """least_squares(loss=..., f_scale=0.1) on data with 10% outliers equals scipy's: x,
+    the robust cost, the loss-scaled jac and the gradient."""
+    _least_squares_case(None, loss)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["linear", "huber", "cauchy", "arctan"])
+def test_least_squares_each_loss_matches_scipy(loss):
+    """Every other loss (and the unbounded linear fit, numpy and jax.numpy)."""
+    _least_squares_case(None, loss)
+
+
+def test_curve_fit_robust_loss_on_a_numpy_model_matches_scipy():
+    """curve_fit(loss='soft_l1') on a numpy model (on the host) with 10% outliers equals
+    scipy's popt (1e-6) and pcov (1e-4)."""
+    case = CASES_BY_NAME["exp_decay"]
+    x, y, _ = make_data(case)
+    y = y.copy()
+    y[::10] += 1.0
+    ref = scipy_tight(exp_decay_np, x, y, case.p0, method="trf", loss="soft_l1", f_scale=0.1)
+    popt, pcov = quiet_curve_fit(exp_decay_np, x, y, p0=case.p0, method="trf", loss="soft_l1",
+                                 f_scale=0.1)
+    assert_matches_reference(popt, pcov, *ref)
 
 
 def test_covariance_warning_is_scipy_optimize_warning():
@@ -371,9 +407,8 @@ def test_bad_input_raises_scipys_error(which, kwargs, error, match):
     ({"factor": 10}, "factor .* Config\\(initial_radius"),
     ({"method": "trf", "tr_options": {"regularize": False}}, "tr_options"),
     ({"method": "trf", "callback": print}, "callback is not supported"),
-    ({"method": "trf", "loss": "soft_l1"}, "only loss='linear'"),
 ])
 def test_unsupported_options_are_refused_by_name(kwargs, match):
     """scipy options with no counterpart here are refused with an error naming them."""
-    with pytest.raises((ValueError, NotImplementedError), match=match):
+    with pytest.raises(ValueError, match=match):
         hybrid_gn.curve_fit(line, X5, Y5, **kwargs)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _host as host
-from .._config import Config
+from .._config import Config, robust_loss
 from .._result import Result, Status
 from .._validate import real_array
 from ._fit import fit
@@ -46,11 +46,13 @@ class LeastSquaresResult:
 
     Attributes:
         x: the solution, (n,).
-        cost: half the sum of squared residuals at `x`.
+        cost: the cost at `x`: half the sum of rho of the squared residuals (half
+            their sum of squares for the linear loss).
         fun: the residuals at `x`, (m,).
         jac: the Jacobian at `x`, (m, n) (exact for a function JAX can trace,
-            finite differences or the given `jac` for one on the host).
-        grad: the gradient of the cost, `jac.T @ fun`.
+            finite differences or the given `jac` for one on the host), its rows
+            scaled for a robust loss as scipy's 'trf' scales them.
+        grad: the gradient of the cost.
         optimality: the first-order optimality: the uniform norm of the
             gradient scaled as scipy's 'trf' scales it near bounds.
         active_mask: per variable, -1 (at its lower bound), 1 (upper) or 0.
@@ -112,8 +114,9 @@ def least_squares(fun, x0, jac="2-point", bounds=(-np.inf, np.inf), method="trf"
         gtol: stop when the scaled gradient is below it (None: not tested).
         x_scale: checked as scipy checks it; the variables are scaled by
             `Config.normalization` instead.
-        loss: 'linear' (others need a core with robust losses).
-        f_scale: the residual scale of a robust loss.
+        loss: 'linear', 'soft_l1', 'huber', 'cauchy', 'arctan', or a callable
+            `rho(z) -> (3, m)` written with jax.numpy (`Config.loss`).
+        f_scale: the residual scale of a robust loss (`Config.f_scale`).
         diff_step: the relative finite-difference step (host functions).
         tr_solver: None, 'exact' or 'lsmr': checked; the step solver is
             this library's.
@@ -125,7 +128,8 @@ def least_squares(fun, x0, jac="2-point", bounds=(-np.inf, np.inf), method="trf"
         kwargs: extra keyword arguments of `fun` and `jac`.
         callback: must be None.
         workers: accepted; evaluations run one after another.
-        config: a `Config` for everything else.
+        config: a `Config` for everything else (the keywords above are set
+            on it, defaults included).
 
     Returns:
         A `LeastSquaresResult`.
@@ -228,14 +232,16 @@ def _result(model: IndexedModel, data, result: Result, lb, ub, config: Config
         return model(theta, index, (data, None))
 
     theta = jnp.asarray(x)
-    f = np.asarray(residuals(theta))
-    jacobian = np.asarray(jax.jacfwd(residuals)(theta))
-    grad = jacobian.T @ f
+    f = residuals(theta)
+    loss = robust_loss(config)
+    root, scaled = loss.scale(f)  # scipy's loss-scaled Jacobian rows and residuals
+    jacobian = np.asarray(root[:, None] * jax.jacfwd(residuals)(theta))
+    grad = jacobian.T @ np.asarray(scaled)
     code, message = scipy_status(Status(int(result.status)), "trf")
     passes = int(result.passes)
     xtol = config.xtol if config.xtol is not None else 0.0
     return LeastSquaresResult(
-        x=x, cost=float(0.5 * f @ f), fun=f, jac=jacobian, grad=grad,
+        x=x, cost=float(loss.cost(f)), fun=np.asarray(f), jac=jacobian, grad=grad,
         optimality=float(np.linalg.norm(grad * _scaling(x, grad, lb, ub), np.inf)),
         active_mask=_active(x, lb, ub, xtol), nfev=passes, njev=passes, status=code,
         message=message, success=code > 0)

@@ -2,7 +2,7 @@
 
 `curve_fit` and `least_squares` take scipy's keywords. Each one either sets
 a `Config` field (`ftol`, `xtol`, `gtol`, `max_nfev`/`maxfev` -> `max_iter`,
-`verbose=2` -> `progress`), steers the finite differences of a model
+`loss`, `f_scale`, `verbose=2` -> `progress`), steers the finite differences of a model
 evaluated on the host (`diff_step`, `epsfcn`), is checked and has no effect
 because this library's solver does that part its own way (`x_scale`,
 `diag`, `tr_solver`, `jac_sparsity`, `workers`), or is refused with an
@@ -106,12 +106,12 @@ def check_method(method: str, bounded: bool, loss) -> None:
         raise ValueError("method='lm' supports only 'linear' loss function.")
 
 
-def check_loss(loss, f_scale) -> None:
+def check_loss(loss, f_scale) -> dict[str, Any]:
+    """The `Config` fields of a loss given as scipy gives it (a name, or a callable
+    `rho(z) -> (3, m)` written with jax.numpy)."""
     if not (callable(loss) or (isinstance(loss, str) and loss in LOSSES)):
         raise ValueError(f"`loss` must be one of {LOSSES} or a callable.")
-    if not (isinstance(loss, str) and loss == "linear"):
-        raise NotImplementedError(f"loss={loss!r}: only loss='linear' is supported so far")
-    del f_scale
+    return {"loss": loss, "f_scale": f_scale}
 
 
 def tolerance(name: str, value) -> float:
@@ -227,7 +227,7 @@ def scipy_options(kwargs: dict[str, Any], n: int, method: str, caller: str) -> O
     max_nfev = check_max_nfev(_one_of_names(kwargs, "max_nfev", "maxfev"))
     check_x_scale(kwargs.pop("x_scale", None), n)
     check_x_scale(kwargs.pop("diag", None), n)
-    check_loss(kwargs.pop("loss", "linear"), kwargs.pop("f_scale", 1.0))
+    loss = check_loss(kwargs.pop("loss", "linear"), kwargs.pop("f_scale", 1.0))
     verbose = kwargs.pop("verbose", 0)
     check_solver_choices(kwargs.pop("tr_solver", None), kwargs.pop("tr_options", None),
                          verbose, kwargs.pop("callback", None))
@@ -235,7 +235,7 @@ def scipy_options(kwargs: dict[str, Any], n: int, method: str, caller: str) -> O
         kwargs.pop(name, None)
     rel_step = relative_step(kwargs.pop("diff_step", None), kwargs.pop("epsfcn", None), n)
     col_deriv = bool(kwargs.pop("col_deriv", False))
-    fields = _tolerances(kwargs, method)
+    fields = {**_tolerances(kwargs, method), **loss}
     unknown = sorted(set(kwargs) - _CONFIG_FIELDS)
     if unknown:
         raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}")
