@@ -84,8 +84,8 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_
             `nan_policy` is given.
         bounds: `(lb, ub)` (scalars or one value per parameter) or a
             `scipy.optimize.Bounds`.
-        method: 'lm' (the default without bounds: refused with bounds, as
-            scipy does), 'trf' (the default with bounds) or 'dogbox'; they
+        method: 'lm' (the default without bounds or robust loss: refused
+            with them, as scipy does), 'trf' (the default otherwise) or 'dogbox'; they
             choose scipy's codes and messages (`ier`, `mesg`) and extra
             outputs, while the solver is always this library's.
         jac: None (automatic differentiation; '2-point' for a model on the
@@ -132,8 +132,10 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_
     """
     p0, lb, ub = data.start_and_bounds(f, p0, bounds)
     bounded = bool(np.any(np.isfinite(lb) | np.isfinite(ub)))
-    method = ("trf" if bounded else "lm") if method is None else method
-    check_method(method, bounded, kwargs.get("loss", "linear"))
+    loss = kwargs.get("loss", "linear")
+    if method is None:  # scipy's choice; a robust loss also needs 'trf' (leastsq has none)
+        method = "trf" if bounded or not (isinstance(loss, str) and loss == "linear") else "lm"
+    check_method(method, bounded, loss)
     _check_jac(jac)
     xdata, ydata, sigma, check_finite = data.read_data(xdata, ydata, sigma, check_finite,
                                                        nan_policy)

@@ -147,8 +147,8 @@ def least_squares(fun, x0, jac="2-point", bounds=(-np.inf, np.inf), method="trf"
         ...     return p[0] * jnp.exp(-p[1] * t) - y
         >>> result = hybrid_gn.least_squares(residuals, [1.0, 1.0], args=(t, y),
         ...                                  bounds=([0.0, 0.0], [10.0, 10.0]))
-        >>> print(np.round(result.x, 4), result.status, result.success)
-        [2.  1.5] 2 True
+        >>> print(np.round(result.x, 4), result.success, result.status in (1, 2, 3))
+        [2.  1.5] True True
     """
     x0 = _start(x0)
     n = x0.size
