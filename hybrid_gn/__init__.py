@@ -19,20 +19,25 @@ from . import sampling, sources  # noqa: E402
 from ._config import Config  # noqa: E402
 from ._drivers._batch import fit_batch  # noqa: E402
 from ._drivers._checkpoint import CheckpointError  # noqa: E402
-from ._drivers._curve_fit import CovarianceWarning, curve_fit  # noqa: E402
+from ._drivers._curve_fit import curve_fit  # noqa: E402
 from ._drivers._fit import fit  # noqa: E402
+from ._drivers._least_squares import LeastSquaresResult, least_squares  # noqa: E402
 from ._drivers._multistart import Tournament, fit_multistart  # noqa: E402
+from ._drivers._scipy_options import CovarianceWarning  # noqa: E402
 from ._drivers._stream import fit_stream  # noqa: E402
 from ._group_weights import GroupWeights  # noqa: E402
+from ._host import HostModelWarning  # noqa: E402
 from ._penalty import GroupPenalty  # noqa: E402
 from ._result import Phase, Result, Status, Trace, WarmupMode, WarmupReason  # noqa: E402
 
 __all__ = [
     "CheckpointError",
     "Config",
+    "CovarianceWarning",
     "GroupPenalty",
     "GroupWeights",
-    "CovarianceWarning",
+    "HostModelWarning",
+    "LeastSquaresResult",
     "Phase",
     "Result",
     "Status",
@@ -47,5 +52,6 @@ __all__ = [
     "fit_batch",
     "fit_multistart",
     "fit_stream",
+    "least_squares",
 ]
 __version__ = "0.1.0"

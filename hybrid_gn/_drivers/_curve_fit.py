@@ -1,104 +1,119 @@
 """`curve_fit` with the signature and semantics of `scipy.optimize.curve_fit`.
 
-`f(x, *params)` must be written with `jax.numpy`. A 1-D `sigma` divides the
-residuals, a 2-D `sigma` is a covariance matrix (residuals whitened by its
-Cholesky factor, so all points go in one chunk), `absolute_sigma` and the
-pseudo-inverse covariance follow scipy exactly. Extra keyword options are
-`Config` fields (e.g. `ftol`, `max_iter`, `chunk_size`); `maxfev`/`max_nfev`
-map to `max_iter`.
+Every argument is scipy's and is read by scipy's rules (`_curve_fit_data`,
+`_scipy_options`); underneath runs `fit`, this library's trust-region
+Gauss-Newton, whatever the `method`. A model JAX can trace, with an `xdata`
+that has one entry per point, is fitted chunk by chunk like any `fit`;
+otherwise (a numpy model, evaluated on the host; a `jac`; a covariance
+`sigma`; an `xdata` of another kind) the model computes all residuals at
+once and the residual index is the data (`_scipy_model`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._config import Config
-from .._result import Status
-from .._validate import real_array
+from .. import _host as host
+from .._result import Result, Status
+from . import _curve_fit_data as data
 from ._fit import fit
+from ._scipy_model import (
+    CurveFunction,
+    CurveJacobian,
+    Derivatives,
+    IndexedModel,
+    Opaque,
+    abstract,
+    jax_values,
+    on_host,
+)
+from ._scipy_options import (
+    CovarianceWarning,
+    Options,
+    check_bounds,
+    check_method,
+    scipy_options,
+    scipy_status,
+)
 
 
-class CovarianceWarning(UserWarning):
-    """The covariance of the parameters could not be estimated (pcov is inf).
+class _Problem(NamedTuple):
+    """What `fit` receives from one `curve_fit` call."""
 
-    `curve_fit` warns with it, as scipy does, when `pcov` is not finite: with
-    no more points than parameters and relative sigma, for instance. It is a
-    `UserWarning`, so it can be filtered or turned into an error with the
-    `warnings` module.
-
-    Examples:
-        >>> import warnings
-        >>> import hybrid_gn
-        >>> def line(x, a, b):
-        ...     return a * x + b
-        >>> with warnings.catch_warnings(record=True) as caught:
-        ...     warnings.simplefilter("always")
-        ...     popt, pcov = hybrid_gn.curve_fit(line, [0.0, 1.0], [1.0, 3.0])
-        >>> caught[0].category is hybrid_gn.CovarianceWarning
-        True
-        >>> print(pcov)
-        [[inf inf]
-         [inf inf]]
-    """
+    model: Callable
+    x: Any
+    y: np.ndarray
+    sigma: np.ndarray | None
+    args: Any  # (data, chol) for an IndexedModel, None for a chunked model
+    chunk_size: int | None  # None: the configuration's; m when all residuals come at once
 
 
 def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_finite=None,
               bounds=(-np.inf, np.inf), method=None, jac=None, *, full_output=False,
-              **options):
+              nan_policy=None, **kwargs):
     """Fit `f(xdata, *params)` to `ydata`; returns `(popt, pcov)` like scipy.
 
-    A drop-in for `scipy.optimize.curve_fit`, with the same signature and
-    semantics, running `fit` underneath. `f` must be written with
-    `jax.numpy`. A 1-D `sigma` divides the residuals, a 2-D `sigma` is a
-    covariance matrix (residuals whitened by its Cholesky factor, so all
-    points go in one chunk); `absolute_sigma` and the pseudo-inverse
-    covariance follow scipy exactly.
+    A drop-in for `scipy.optimize.curve_fit`: same signature, same reading of
+    every argument, same errors and warnings (`CovarianceWarning` is a
+    `scipy.optimize.OptimizeWarning`), the answers of a converged scipy fit.
+    Underneath runs this library's trust-region Gauss-Newton (`fit`) for
+    every `method`. `f` written with `jax.numpy` is compiled and
+    differentiated exactly; written with `numpy` it is evaluated on the host
+    with scipy's finite differences (`HostModelWarning` says so once).
 
     Args:
-        f: the model, `f(xdata, *params)`, returning one value per point.
-        xdata: (n,) or (k, n) independent variable(s).
-        ydata: the (n,) data.
-        p0: the starting point; None starts from ones, moved inside the
-            bounds where they are finite (scipy's default), and then the
-            number of parameters comes from `f`'s signature.
-        sigma: None, (n,) standard deviations, or an (n, n) covariance
-            matrix of `ydata`.
+        f: the model, `f(xdata, *params)`.
+        xdata: the independent variable(s): (n,) or (k, n) (lists and tuples
+            become a float array), or any object `f` accepts.
+        ydata: the (n,) data (it may broadcast against `f`'s output).
+        p0: the start; None starts from ones moved inside finite bounds, the
+            number of parameters taken from `f`'s signature.
+        sigma: None, a scalar or (n,) standard deviations, or an (n, n)
+            covariance matrix of `ydata`.
         absolute_sigma: whether `sigma` is in the units of `ydata` (else
             `pcov` is scaled by the reduced chi-square).
-        check_finite: None (scipy's default) or True checks the inputs for
-            NaN/Inf.
-        bounds: `(lb, ub)`, each a scalar or one value per parameter.
-        method: accepted for compatibility ("lm", "trf", "dogbox" or None)
-            and ignored: the solver is always the hybrid trust-region
-            Gauss-Newton.
-        jac: must be None: the Jacobian comes from automatic differentiation.
-        full_output: also return scipy's extra outputs.
-        **options: `Config` fields (e.g. `ftol`, `max_iter`, `chunk_size`),
-            or `config=` a whole `Config`; `maxfev`/`max_nfev` map to
-            `max_iter`.
+        check_finite: refuse NaN/Inf in the data; None: True unless a
+            `nan_policy` is given.
+        bounds: `(lb, ub)` (scalars or one value per parameter) or a
+            `scipy.optimize.Bounds`.
+        method: 'lm' (the default without bounds or robust loss: refused
+            with them, as scipy does), 'trf' (the default otherwise) or 'dogbox'; they
+            choose scipy's codes and messages (`ier`, `mesg`) and extra
+            outputs, while the solver is always this library's.
+        jac: None (automatic differentiation; '2-point' for a model on the
+            host), a callable `jac(x, *params)`, or '2-point', '3-point',
+            'cs' (the finite differences of a model on the host; a model JAX
+            can trace is differentiated exactly).
+        full_output: also return `infodict`, `mesg` and `ier`.
+        nan_policy: None, 'raise' or 'omit' (drop points where x or y is
+            NaN, and their entries of `sigma`).
+        **kwargs: scipy's (`ftol`, `xtol`, `gtol`, `max_nfev`/`maxfev`,
+            `diff_step`/`epsfcn`, `verbose`, `x_scale`, `tr_solver`, ...),
+            `Config` fields, or `config=` a whole `Config`.
 
     Returns:
         `(popt, pcov)` as numpy arrays; with `full_output=True`,
-        `(popt, pcov, infodict, mesg, ier)` where `infodict` has `nfev`
-        (passes over the data) and `fvec` (weighted residuals at popt),
-        `mesg` is the status message and `ier` the `Status` code.
+        `(popt, pcov, infodict, mesg, ier)`: `infodict` has `nfev` (passes
+        over the data) and `fvec` (the weighted residuals at popt), and for
+        'lm' also `fjac`, `ipvt`, `qtf`; `ier` and `mesg` are scipy's for
+        the method.
 
     Raises:
         RuntimeError: the fit does not converge, as scipy does.
-        ValueError: bad input (shapes, bounds, NaN/Inf, a 2-D sigma that is
-            not positive definite, an unknown `method`).
-        TypeError: a `jac`, or both `config=` and other options.
+        ValueError: bad input, with scipy's message where scipy has one.
+        TypeError: an unknown keyword, or complex data.
 
     Warns:
-        CovarianceWarning: the covariance could not be estimated (`pcov` is
-            inf).
+        CovarianceWarning: the covariance could not be estimated.
+        HostModelWarning: `f` could not be traced by JAX.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -115,154 +130,119 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_
         >>> print(bool(np.all(perr < 0.01)))
         True
     """
-    check_finite = True if check_finite is None else bool(check_finite)
-    if jac is not None:
-        raise TypeError("jac is not supported: the Jacobian comes from automatic differentiation")
-    if method not in (None, "lm", "trf", "dogbox"):
-        raise ValueError(f"method must be None, 'lm', 'trf' or 'dogbox', got {method!r}")
-    config = _config(options)
-    p0, lb, ub = _start_and_bounds(f, p0, bounds)
-    x, y, multi_dim_x = _points(xdata, ydata)
-    whitened = sigma is not None and np.ndim(sigma) == 2
-    fit_sigma = None
-    if whitened:
-        x, y = _whitened(sigma, x, y, check_finite)
-        config = dataclasses.replace(config, chunk_size=y.shape[0])  # one chunk: the whole
-    elif sigma is not None:
-        fit_sigma = np.asarray(sigma, float)
-
-    model = _wrapped_model(f, multi_dim_x, whitened)
-    bound_arg = None if np.all(np.isneginf(lb)) and np.all(np.isposinf(ub)) else (lb, ub)
-    result = fit(model, jnp.asarray(p0), x, y, sigma=fit_sigma, bounds=bound_arg,
+    p0, lb, ub = data.start_and_bounds(f, p0, bounds)
+    bounded = bool(np.any(np.isfinite(lb) | np.isfinite(ub)))
+    loss = kwargs.get("loss", "linear")
+    if method is None:  # scipy's choice; a robust loss also needs 'trf' (leastsq has none)
+        method = "trf" if bounded or not (isinstance(loss, str) and loss == "linear") else "lm"
+    check_method(method, bounded, loss)
+    _check_jac(jac)
+    xdata, ydata, sigma, check_finite = data.read_data(xdata, ydata, sigma, check_finite,
+                                                       nan_policy)
+    if method == "lm" and ydata.size != 1 and p0.size > ydata.size:
+        raise TypeError(f"The number of func parameters={p0.size} must not exceed the number "
+                        f"of data points={ydata.size}")
+    options = scipy_options(kwargs, p0.size, method, "curve_fit")
+    check_bounds(p0, lb, ub)
+    problem = _problem(f, jac, xdata, ydata, sigma, p0, lb, ub, options)
+    config = options.config
+    if problem.chunk_size is not None:
+        config = dataclasses.replace(config, chunk_size=problem.chunk_size)
+    result = fit(problem.model, jnp.asarray(p0), problem.x, problem.y, sigma=problem.sigma,
+                 bounds=(lb, ub) if bounded else None, args=problem.args,
                  absolute_sigma=absolute_sigma, check_finite=check_finite, config=config)
-    status = Status(int(result.status))
-    if not status.success:
-        raise RuntimeError(f"Optimal parameters not found: {status.message}")
-    popt = np.asarray(result.params)
-    pcov = np.asarray(result.pcov)
-    if not np.all(np.isfinite(pcov)):
-        warnings.warn("Covariance of the parameters could not be estimated",
-                      CovarianceWarning, stacklevel=2)
-    if not full_output:
-        return popt, pcov
-    fvec = np.asarray(model(jnp.asarray(popt), x)) - y
-    if fit_sigma is not None:
-        fvec = fvec / fit_sigma
-    infodict = {"nfev": int(result.passes), "fvec": fvec}
-    return popt, pcov, infodict, status.message, int(status)
+    return _outputs(problem, result, method, options.verbose, full_output)
 
 
-def _start_and_bounds(f, p0, bounds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """p0 (scipy's feasible default when None) and the bounds broadcast to its shape."""
-    if not (isinstance(bounds, tuple | list) and len(bounds) == 2):
-        raise ValueError("bounds must be a pair (lb, ub)")
-    lb, ub = (np.asarray(real_array("bounds", b), float) for b in bounds)
-    n_params = _count_params(f, p0)
-    p0 = _initialize_feasible(lb, ub, n_params) if p0 is None else np.atleast_1d(
-        np.asarray(p0, float))
-    if p0.ndim != 1:
-        raise ValueError(f"p0 must be 1-D, got shape {p0.shape}")
-    if n_params is not None and p0.size != n_params:
-        raise ValueError(f"p0 has {p0.size} values but f takes {n_params} parameters")
-    for name, b in (("lower", lb), ("upper", ub)):
-        if b.size not in (1, p0.size) or b.ndim > 1:
-            raise ValueError(f"bounds ({name}) has shape {b.shape}: give a scalar or one value "
-                             f"per parameter of p0 ({p0.size})")
-    return p0, np.broadcast_to(lb, p0.shape), np.broadcast_to(ub, p0.shape)
+def _check_jac(jac) -> None:
+    if not (jac is None or callable(jac) or jac in ("2-point", "3-point", "cs")):
+        raise ValueError("`jac` must be '2-point', '3-point', 'cs' or callable.")
 
 
-def _points(xdata, ydata) -> tuple[np.ndarray, np.ndarray, bool]:
-    """x with the points on its leading axis (scipy's (k, n) xdata transposed), y, and
-    whether x had several dimensions."""
-    ydata = np.asarray(real_array("ydata", ydata), float)
-    if ydata.ndim != 1:
-        raise ValueError(f"ydata must be 1-D, got shape {ydata.shape}")
-    xdata = np.asarray(real_array("xdata", xdata), float)
-    n = ydata.shape[0]
-    multi_dim_x = xdata.ndim >= 2
-    if multi_dim_x and xdata.shape[-1] != n:
-        raise ValueError(f"xdata of shape {xdata.shape} must be (k, n) with n = len(ydata) = {n}")
-    if not multi_dim_x and xdata.shape[:1] != (n,):
-        raise ValueError(f"xdata has shape {xdata.shape} but ydata has {n} points")
-    return (np.moveaxis(xdata, -1, 0) if multi_dim_x else xdata), ydata, multi_dim_x
+def _problem(f, jac, xdata, ydata, sigma, p0, lb, ub, options: Options) -> _Problem:
+    """The model and data handed to `fit`: chunked when it can be, by index otherwise."""
+    operand, constant = (xdata, None) if isinstance(xdata, np.ndarray) else (None, Opaque(xdata))
+    fun = CurveFunction(f, constant)
+    derivatives = Derivatives(
+        "2-point" if jac is None else (CurveJacobian(jac, constant, options.col_deriv)
+                                       if callable(jac) else jac),
+        options.rel_step, tuple(lb.tolist()), tuple(ub.tolist()))
+    theta = jax.ShapeDtypeStruct(p0.shape, jnp.asarray(p0).dtype)
+    host_model = on_host(fun, derivatives.jac, theta, abstract(operand))
+    if host_model:
+        host.warn_host_model("f", stacklevel=3)
+        out_shape = np.shape(fun(p0, operand))
+    else:
+        out_shape = tuple(jax.eval_shape(fun, theta, abstract(operand)).shape)
+    curve = data.broadcast(xdata, ydata, sigma, out_shape)
+    m = curve.ydata.shape[0]
+    if not host_model and not callable(jac) and curve.chol is None and _has_point_axis(
+            xdata, m):
+        multi_dim = xdata.ndim >= 2
+        return _Problem(_chunked_model(f, multi_dim),
+                        np.moveaxis(xdata, -1, 0) if multi_dim else xdata,
+                        curve.ydata, curve.sigma, None, None)
+    y = curve.ydata if curve.chol is None else np.linalg.solve(curve.chol, curve.ydata)
+    model = IndexedModel(jax_values(fun, derivatives, m, host_model), m)
+    return _Problem(model, np.arange(m), y, curve.sigma, (operand, curve.chol), m)
 
 
-def _whitened(sigma, x, y, check_finite: bool) -> tuple[tuple, np.ndarray]:
-    """With a covariance matrix `sigma` = L L^T: x carries L, y becomes L^-1 y."""
-    n = y.shape[0]
-    sigma = np.asarray(sigma, float)
-    if sigma.shape != (n, n):
-        raise ValueError(f"2-D sigma must have shape (n, n) = ({n}, {n}), got {sigma.shape}")
-    if check_finite and not np.all(np.isfinite(sigma)):
-        raise ValueError("sigma contains NaN or Inf")
-    try:
-        chol = np.linalg.cholesky(sigma)
-    except np.linalg.LinAlgError as err:
-        raise ValueError("2-D sigma must be a positive definite covariance matrix") from err
-    return (x, chol), np.linalg.solve(chol, y)
+def _has_point_axis(xdata, m: int) -> bool:
+    """Whether `xdata` is an array with its point axis (its last) of length m."""
+    return isinstance(xdata, np.ndarray) and xdata.ndim >= 1 and xdata.shape[-1] == m
 
 
 @functools.lru_cache(maxsize=128)
-def _wrapped_model(f, multi_dim_x: bool, whitened: bool):
-    """model(params, x) calling f(x, *params); cached so jit sees the same function."""
+def _chunked_model(f, multi_dim_x: bool):
+    """model(params, x) calling f(x, *params) on a chunk of points; cached so jit sees the
+    same function for the same f."""
     def model(params, x):
-        if whitened:
-            x, chol = x
         out = f(jnp.moveaxis(x, 0, -1) if multi_dim_x else x, *params)
         if jnp.ndim(out) == 0:
             out = jnp.broadcast_to(out, (x.shape[0],))
-        if whitened:
-            out = jax.scipy.linalg.solve_triangular(chol, out, lower=True)
         return out
 
     return model
 
 
-def _config(options: dict) -> Config:
-    options = dict(options)
-    config = options.pop("config", None)
-    for scipy_name in ("maxfev", "max_nfev"):
-        if scipy_name in options:
-            value = options.pop(scipy_name)
-            if value is not None:
-                options["max_iter"] = int(value)
-    if config is None:
-        return Config(**options)
-    if options:
-        raise TypeError(f"pass either config= or options, not both (got {sorted(options)})")
-    return config
+def _outputs(problem: _Problem, result: Result, method: str, verbose: int, full_output: bool):
+    """scipy's return values (and its RuntimeError, warning and printout)."""
+    status = Status(int(result.status))
+    ier, mesg = scipy_status(status, method)
+    if verbose >= 1:
+        print(f"{mesg}\nFunction evaluations {int(result.passes)}, final cost "
+              f"{float(result.cost):.4e}.")
+    if not status.success:
+        raise RuntimeError(f"Optimal parameters not found: {mesg}")
+    popt, pcov = np.asarray(result.params), np.asarray(result.pcov)
+    if not np.all(np.isfinite(pcov)):
+        warnings.warn("Covariance of the parameters could not be estimated",
+                      CovarianceWarning, stacklevel=3)
+    if not full_output:
+        return popt, pcov
+    return popt, pcov, _infodict(problem, popt, result, method), mesg, ier
 
 
-def _count_params(f, p0) -> int | None:
-    """Number of parameters from f's signature; None if it takes *args."""
-    try:
-        sig = inspect.signature(f)
-    except (TypeError, ValueError):
-        sig = None
-    if sig is not None:
-        kinds = [p.kind for p in sig.parameters.values()]
-        if inspect.Parameter.VAR_POSITIONAL not in kinds:
-            positional = [k for k in kinds if k in (inspect.Parameter.POSITIONAL_ONLY,
-                                                    inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-            if len(positional) >= 2:
-                return len(positional) - 1
-    if p0 is None:
-        raise ValueError("Unable to determine number of fit parameters.")
-    return None
+def _residuals(problem: _Problem, popt: jax.Array) -> jax.Array:
+    """The weighted residuals at `popt`, scipy's `fvec`."""
+    model = problem.model
+    out = model(popt, problem.x) if problem.args is None else model(popt, problem.x,
+                                                                    problem.args)
+    fvec = out - problem.y
+    return fvec if problem.sigma is None else fvec / problem.sigma
 
 
-def _initialize_feasible(lb, ub, n: int) -> np.ndarray:
-    """scipy's default start: ones, moved inside the bounds where they are finite."""
-    try:
-        lb, ub = np.broadcast_to(lb, (n,)), np.broadcast_to(ub, (n,))
-    except ValueError:
-        raise ValueError(f"bounds must be scalars or have one value per parameter (f takes "
-                         f"{n}), got shapes {np.shape(lb)} and {np.shape(ub)}") from None
-    p0 = np.ones(n)
-    both = np.isfinite(lb) & np.isfinite(ub)
-    p0[both] = 0.5 * (lb[both] + ub[both])
-    only_lb = np.isfinite(lb) & ~np.isfinite(ub)
-    p0[only_lb] = lb[only_lb] + 1
-    only_ub = ~np.isfinite(lb) & np.isfinite(ub)
-    p0[only_ub] = ub[only_ub] - 1
-    return p0
+def _infodict(problem: _Problem, popt: np.ndarray, result: Result, method: str) -> dict:
+    """scipy's `infodict`: nfev and fvec, and for 'lm' MINPACK's fjac, ipvt and qtf (R and
+    Q^T fvec of an unpivoted QR of the weighted Jacobian at popt: ipvt is 1, 2, ..., p)."""
+    theta = jnp.asarray(popt)
+    fvec = np.asarray(_residuals(problem, theta))
+    info = {"nfev": int(result.passes), "fvec": fvec}
+    if method == "lm":
+        jacobian = np.asarray(jax.jacfwd(lambda t: _residuals(problem, t))(theta))
+        q, r = np.linalg.qr(jacobian)
+        fjac = np.zeros((popt.size, fvec.size))
+        fjac[:, :popt.size] = r.T
+        info.update(fjac=fjac, ipvt=np.arange(1, popt.size + 1, dtype=np.int32),
+                    qtf=q.T @ fvec)
+    return info
