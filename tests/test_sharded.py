@@ -56,6 +56,12 @@ SCRIPT = textwrap.dedent('''
         if case == "plain":
             compare("plain", config, sigma=sigma,
                     bounds=([0, 0, 0.1, -1, -1], [10, 10, 5, 5, 1]))
+        elif case == "objective":  # a robust loss, group weights and a penalty
+            robust = hybrid_gn.Config(chunk_size=256, warmup_max_points=500, loss="huber",
+                                      f_scale=0.3,
+                                      penalty=hybrid_gn.GroupPenalty([[3, 4]], 10.0))
+            compare("objective", robust, sigma=sigma, group_weights=hybrid_gn.GroupWeights(
+                [1.0, 2.0], labels=(x > 5).astype(int)))
         elif case == "qr":  # ill-conditioned: J^T J loses half the digits, the QR path
             qr = hybrid_gn.Config(chunk_size=256, warmup_max_points=500, qr_condition=1.0)
             compare("qr", qr)
@@ -153,10 +159,11 @@ def assert_collectives(hlo: dict) -> None:
 
 
 def test_sharded_fit_equals_the_single_device_fit_and_only_reduces_small_sums():
-    """Bounds, sigma, n not a multiple of devices or chunks; fit_batch with the problems
-    split; the compiled program moves nothing the size of the data between devices."""
-    out = run("plain", "batch", "hlo:auto")
+    """Bounds, sigma, n not a multiple of devices or chunks; a robust loss with group
+    weights and a penalty; fit_batch with the problems split; the compiled program moves nothing the size of the data between devices."""
+    out = run("plain", "batch", "objective", "hlo:auto")
     assert_same(out["plain"])
+    assert_same(out["objective"])
     assert_collectives(out["hlo"])
     batch = out["batch"]  # fit_batch(mesh=): each device its own problems
     # the same optimum (to 1e-6 standard errors, as against scipy elsewhere); a problem may
