@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import jax
@@ -56,17 +56,37 @@ class HostModelWarning(UserWarning):
     """
 
 
-def traceable(fn: Callable, *abstract_args) -> bool:
-    """Whether JAX can trace `fn` on these abstract arguments (`jax.ShapeDtypeStruct`s).
+def traceable(fn: Callable, *abstract_args, identity: Hashable | None = None) -> bool:
+    """Whether JAX can trace `fn` on these abstract arguments (`jax.ShapeDtypeStruct`s)."""
+    return output_shape(fn, *abstract_args, identity=identity) is not None
+
+
+def output_shape(fn: Callable, *abstract_args, identity: Hashable | None = None
+                 ) -> jax.ShapeDtypeStruct | None:
+    """`jax.eval_shape(fn, ...)`, or None when JAX cannot trace `fn`.
 
     Only the errors of a model that converts tracers to numpy or Python values
-    mean "evaluate on the host"; any other error is the model's own and is raised.
+    mean "evaluate on the host"; any other error is the model's own and is
+    raised. With an `identity` (a code signature of what `fn` computes) the
+    answer is remembered: a new lambda of a known model is not traced again.
     """
+    if identity is not None:
+        leaves, structure = jax.tree.flatten(abstract_args)
+        identity = (identity, structure, tuple((a.shape, str(a.dtype)) for a in leaves))
+        if identity in _SHAPES:
+            return _SHAPES[identity]
     try:
-        jax.eval_shape(fn, *abstract_args)
+        shape = jax.eval_shape(fn, *abstract_args)
     except UNTRACEABLE:
-        return False
-    return True
+        shape = None
+    if identity is not None:
+        if len(_SHAPES) >= 512:
+            del _SHAPES[next(iter(_SHAPES))]
+        _SHAPES[identity] = shape
+    return shape
+
+
+_SHAPES: dict[Hashable, jax.ShapeDtypeStruct | None] = {}
 
 
 def warn_host_model(name: str, stacklevel: int) -> None:

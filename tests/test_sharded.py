@@ -160,7 +160,8 @@ def assert_collectives(hlo: dict) -> None:
 
 def test_sharded_fit_equals_the_single_device_fit_and_only_reduces_small_sums():
     """Bounds, sigma, n not a multiple of devices or chunks; a robust loss with group
-    weights and a penalty; fit_batch with the problems split; the compiled program moves nothing the size of the data between devices."""
+    weights and a penalty; fit_batch with the problems split; the compiled program moves
+    nothing the size of the data between devices."""
     out = run("plain", "batch", "objective", "hlo:auto")
     assert_same(out["plain"])
     assert_same(out["objective"])

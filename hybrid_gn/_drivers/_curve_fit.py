@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _host as host
+from .._code_signature import code_signature
 from .._result import Result, Status
 from . import _curve_fit_data as data
 from ._fit import fit
@@ -168,12 +169,15 @@ def _problem(f, jac, xdata, ydata, sigma, p0, lb, ub, options: Options) -> _Prob
                                        if callable(jac) else jac),
         options.rel_step, tuple(lb.tolist()), tuple(ub.tolist()))
     theta = jax.ShapeDtypeStruct(p0.shape, jnp.asarray(p0).dtype)
-    host_model = on_host(fun, derivatives.jac, theta, abstract(operand))
+    # what f (and jac) compute, when their code tells it: a new lambda is not traced again
+    identity = code_signature((f, jac)) if constant is None else None
+    host_model = on_host(fun, derivatives.jac, theta, abstract(operand), identity)
     if host_model:
         host.warn_host_model("f", stacklevel=3)
         out_shape = np.shape(fun(p0, operand))
     else:
-        out_shape = tuple(jax.eval_shape(fun, theta, abstract(operand)).shape)
+        out_shape = tuple(host.output_shape(fun, theta, abstract(operand),
+                                            identity=identity).shape)
     curve = data.broadcast(xdata, ydata, sigma, out_shape)
     m = curve.ydata.shape[0]
     if not host_model and not callable(jac) and curve.chol is None and _has_point_axis(

@@ -15,7 +15,7 @@ arrays, so a new value needs no new program.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import jax
@@ -107,10 +107,13 @@ class Derivatives:
 
 
 def on_host(fun: Callable, jac: Callable | str, theta: jax.ShapeDtypeStruct,
-            data_struct: Any) -> bool:
-    """Whether `fun` (or the user's `jac`) must run on the host: JAX cannot trace it."""
-    return not (host.traceable(fun, theta, data_struct) and (
-        not callable(jac) or host.traceable(jac, theta, data_struct)))
+            data_struct: Any, identity: Hashable | None = None) -> bool:
+    """Whether `fun` (or the user's `jac`) must run on the host: JAX cannot trace it.
+    `identity`: a code signature of both, under which the answer is remembered."""
+    return not (host.traceable(fun, theta, data_struct, identity=identity) and (
+        not callable(jac) or host.traceable(jac, theta, data_struct,
+                                            identity=None if identity is None
+                                            else ("jac", identity))))
 
 
 def jax_values(fun: Callable, derivatives: Derivatives, m: int, on_the_host: bool) -> Callable:

@@ -13,6 +13,7 @@ raised here, so scripts that match on it keep working.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from typing import Any, NamedTuple
 
@@ -167,10 +168,20 @@ def make_config(config: Config | None, fields: dict[str, Any]) -> Config:
     """`config` (or `Config()`) with `fields` set; None values are left at the default."""
     fields = {k: v for k, v in fields.items() if v is not None}
     if config is None:
-        return Config(**fields)
+        try:
+            return _config_of(tuple(sorted(fields.items())))
+        except TypeError:  # an unhashable value (an array): made afresh
+            return Config(**fields)
     if not isinstance(config, Config):
         raise TypeError(f"config must be a hybrid_gn.Config, got {type(config).__name__}")
     return dataclasses.replace(config, **fields) if fields else config
+
+
+@functools.lru_cache(maxsize=64)
+def _config_of(fields: tuple[tuple[str, Any], ...]) -> Config:
+    """The `Config` with these fields (made once: a Config is immutable, and making one
+    costs more than a small fit's host work)."""
+    return Config(**dict(fields))
 
 
 def relative_step(diff_step, epsfcn, n: int) -> tuple[float, ...] | None:
