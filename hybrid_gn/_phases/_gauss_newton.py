@@ -171,8 +171,11 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Linearization, lo
     free_next = free_variables(u_next, eq_next.gradient, lower, upper)
     cosine = gradient_cosine(eq_next, free_next)
     gtol_ok = cosine <= config.gtol
+    # judged on what the step promised, which has no cancellation: the actual reduction is
+    # a difference of two costs, at the rounding level here, and its rounding depends on
+    # how the program was compiled (a batch and a single fit would stop apart)
     ftol_ok = state.started & (
-        (accept & (actual <= config.ftol * eq.cost) & (ratio > 0.25)) | noise_level)
+        (accept & (predicted <= config.ftol * eq.cost) & (ratio > 0.25)) | noise_level)
     xtol_ok = state.started & (
         step_norm <= config.xtol * (config.xtol + jnp.linalg.norm(u_next)))
     # a step that collapsed through NaN/Inf trials is a stall, not convergence
