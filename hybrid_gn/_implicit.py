@@ -11,6 +11,13 @@ wherever the residuals are not zero. Variables held at a bound do not move
 `jax.custom_jvp`: the solver's loop is never differentiated, forward mode
 uses the rule directly, and reverse mode transposes it (the rule is linear
 in the tangents, the Hessian comes from the primal values only).
+
+For a matrix-free fit (given the `diagonal` of J^T J) the p x p Hessian is
+never formed: H^-1 is applied by conjugate gradients on Hessian-vector
+products (a `jvp` of the gradient), Jacobi-preconditioned by that diagonal,
+through `jax.scipy.sparse.linalg.cg` (a `custom_linear_solve`, so reverse
+mode transposes the solve rather than the iterations). CG assumes H is
+positive definite on the free variables, as it is at a strict minimum.
 """
 
 from __future__ import annotations
@@ -26,22 +33,26 @@ from jaxtyping import Array, Bool, Float, PyTree
 Objective = Callable[[Float[Array, " p"], PyTree], Float[Array, ""]]
 
 
+_CG_RTOL = 1e-12  # relative residual of the matrix-free solve
+
+
 def solution(objective: Objective, u_star: Float[Array, " p"], free: Bool[Array, " p"],
-             eta: PyTree) -> Float[Array, " p"]:
-    """`u_star`, with the derivatives with respect to `eta` of argmin_u objective(u, eta)."""
+             eta: PyTree, diagonal: Float[Array, " p"] | None = None) -> Float[Array, " p"]:
+    """`u_star`, with the derivatives with respect to `eta` of argmin_u objective(u, eta);
+    with `diagonal` (of J^T J, the preconditioner) by the matrix-free solve."""
     converted, consts = jax.closure_convert(objective, u_star, eta)
-    u_star, free, consts = jax.lax.stop_gradient((u_star, free, consts))
-    return _solution(converted, u_star, free, eta, consts)
+    u_star, free, consts, diagonal = jax.lax.stop_gradient((u_star, free, consts, diagonal))
+    return _solution(converted, u_star, free, eta, consts, diagonal)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _solution(objective, u_star, free, eta, consts):
-    del objective, free, eta, consts
+def _solution(objective, u_star, free, eta, consts, diagonal):
+    del objective, free, eta, consts, diagonal
     return u_star
 
 
 def _solution_jvp(objective, primals, tangents):
-    u_star, free, eta, consts = primals
+    u_star, free, eta, consts, diagonal = primals
     # only the perturbed parts of eta enter the mixed term: with symbolic zeros the
     # derivative with respect to a model argument does not also differentiate (with zero
     # tangents) through x, y and sigma at every data point
@@ -59,11 +70,31 @@ def _solution_jvp(objective, primals, tangents):
     # d^2L/(du deta) . eta_dot
     _, mixed = jax.jvp(gradient, tuple(a for a, m in zip(leaves, moving, strict=True) if m),
                        tuple(d for d, m in zip(dots, moving, strict=True) if m))
+    rhs = jnp.where(free, mixed, 0)
+    if diagonal is not None:
+        return u_star, -_solve_by_cg(objective, u_star, free, eta, consts, diagonal, rhs)
     hessian = jax.hessian(objective)(u_star, eta, *consts)
     both_free = free[:, None] & free[None, :]
     reduced = jnp.where(both_free, hessian, jnp.eye(hessian.shape[0], dtype=hessian.dtype))
     inverse = jnp.linalg.pinv(reduced, hermitian=True)
-    return u_star, -(inverse @ jnp.where(free, mixed, 0))
+    return u_star, -(inverse @ rhs)
+
+
+def _solve_by_cg(objective, u_star, free, eta, consts, diagonal, rhs):
+    """H^-1 rhs on the free variables (identity on the others) by preconditioned CG on
+    Hessian-vector products: no p x p matrix."""
+    def grad(u):
+        return jax.grad(objective)(u, eta, *consts)
+
+    def hvp(v):
+        return jnp.where(free, jax.jvp(grad, (u_star,), (jnp.where(free, v, 0),))[1], v)
+
+    top = jnp.max(diagonal)
+    usable = free & (diagonal > 1e-12 * top)
+    inverse = jnp.where(usable, 1 / jnp.where(usable, diagonal, 1),
+                        jnp.where(free, 1 / jnp.where(top > 0, top, 1), 1))
+    x, _ = jax.scipy.sparse.linalg.cg(hvp, rhs, tol=_CG_RTOL, M=lambda v: inverse * v)
+    return x
 
 
 _solution.defjvp(_solution_jvp, symbolic_zeros=True)
