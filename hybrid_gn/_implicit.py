@@ -14,10 +14,14 @@ in the tangents, the Hessian comes from the primal values only).
 
 For a matrix-free fit (given the `diagonal` of J^T J) the p x p Hessian is
 never formed: H^-1 is applied by conjugate gradients on Hessian-vector
-products (a `jvp` of the gradient), Jacobi-preconditioned by that diagonal,
-through `jax.scipy.sparse.linalg.cg` (a `custom_linear_solve`, so reverse
-mode transposes the solve rather than the iterations). CG assumes H is
-positive definite on the free variables, as it is at a strict minimum.
+products (a `jvp` of the gradient), Jacobi-preconditioned by that diagonal.
+CG is not linear in its right-hand side, so JAX cannot transpose a forward
+rule built on it (and a `custom_linear_solve` inside a `custom_jvp` rule
+fails to transpose in JAX 0.10); the matrix-free rule is therefore a
+`jax.custom_vjp` (reverse mode, the common use: the adjoint solve
+H lambda = u_bar, then eta_bar = -d(grad_u L)/d eta^T lambda), and forward
+mode through a matrix-free fit raises JAX's custom_vjp error. CG assumes H
+is positive definite on the free variables, as it is at a strict minimum.
 """
 
 from __future__ import annotations
@@ -42,17 +46,19 @@ def solution(objective: Objective, u_star: Float[Array, " p"], free: Bool[Array,
     with `diagonal` (of J^T J, the preconditioner) by the matrix-free solve."""
     converted, consts = jax.closure_convert(objective, u_star, eta)
     u_star, free, consts, diagonal = jax.lax.stop_gradient((u_star, free, consts, diagonal))
-    return _solution(converted, u_star, free, eta, consts, diagonal)
+    if diagonal is not None:
+        return _solution_by_cg(converted, u_star, free, eta, consts, diagonal)
+    return _solution(converted, u_star, free, eta, consts)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _solution(objective, u_star, free, eta, consts, diagonal):
-    del objective, free, eta, consts, diagonal
+def _solution(objective, u_star, free, eta, consts):
+    del objective, free, eta, consts
     return u_star
 
 
 def _solution_jvp(objective, primals, tangents):
-    u_star, free, eta, consts, diagonal = primals
+    u_star, free, eta, consts = primals
     # only the perturbed parts of eta enter the mixed term: with symbolic zeros the
     # derivative with respect to a model argument does not also differentiate (with zero
     # tangents) through x, y and sigma at every data point
@@ -71,8 +77,6 @@ def _solution_jvp(objective, primals, tangents):
     _, mixed = jax.jvp(gradient, tuple(a for a, m in zip(leaves, moving, strict=True) if m),
                        tuple(d for d, m in zip(dots, moving, strict=True) if m))
     rhs = jnp.where(free, mixed, 0)
-    if diagonal is not None:
-        return u_star, -_solve_by_cg(objective, u_star, free, eta, consts, diagonal, rhs)
     hessian = jax.hessian(objective)(u_star, eta, *consts)
     both_free = free[:, None] & free[None, :]
     reduced = jnp.where(both_free, hessian, jnp.eye(hessian.shape[0], dtype=hessian.dtype))
@@ -98,3 +102,26 @@ def _solve_by_cg(objective, u_star, free, eta, consts, diagonal, rhs):
 
 
 _solution.defjvp(_solution_jvp, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _solution_by_cg(objective, u_star, free, eta, consts, diagonal):
+    del objective, free, eta, consts, diagonal
+    return u_star
+
+
+def _by_cg_forward(objective, u_star, free, eta, consts, diagonal):
+    return u_star, (u_star, free, eta, consts, diagonal)
+
+
+def _by_cg_backward(objective, saved, u_bar):
+    """eta_bar = -(d grad_u L / d eta)^T H^-1 u_bar, on the free variables."""
+    u_star, free, eta, consts, diagonal = saved
+    adjoint = _solve_by_cg(objective, u_star, free, eta, consts, diagonal,
+                           jnp.where(free, u_bar, 0))
+    _, pullback = jax.vjp(lambda e: jax.grad(objective)(u_star, e, *consts), eta)
+    (eta_bar,) = pullback(-jnp.where(free, adjoint, 0))
+    return None, None, eta_bar, None, None
+
+
+_solution_by_cg.defvjp(_by_cg_forward, _by_cg_backward)
