@@ -108,7 +108,7 @@ class Config(eqx.Module):
             it the fit is matrix-free: truncated conjugate gradients (Steihaug-Toint) on
             J^T J v products (a jvp then a vjp per chunk), Jacobi-preconditioned, so
             memory is O(p) (`_phases/_matrix_free.py`). Chosen from
-            `benchmarks/bench_many_params.py`. Default: 500.
+            `benchmarks/bench_many_params.py`. Default: 100.
         cg_max_iter: matrix-free path: conjugate-gradient iterations per trust-region
             step (each is one J^T J v product, i.e. one pass over the data in memory).
             Default: 100.
@@ -206,7 +206,7 @@ class Config(eqx.Module):
     max_radius_resets: int = 2  # stall recovery: times the radius is reset after collapsing
     # above dense_max_params: matrix-free Gauss-Newton (Steihaug-Toint CG on J^T J v products,
     # cg_max_iter per step), no p x p matrix (_phases/_matrix_free.py)
-    dense_max_params: int = _static(500)
+    dense_max_params: int = _static(100)
     cg_max_iter: int = _static(100)
     # pcov: dense, diagonal (variances only, by CG), none, or auto: dense within the budget
     covariance: Covariance = _static("auto")
