@@ -119,8 +119,8 @@ class Config(eqx.Module):
             `covariance_max_bytes` (always on the dense path), else "diagonal".
             Default: "auto".
         covariance_max_bytes: the memory budget of a dense covariance of a matrix-free
-            fit (p x p numbers of the dtype). Default: 2**26 (64 MiB: p <= 2896 in
-            float64).
+            fit (p x p numbers of the dtype; 64 MiB: p <= 2896 in float64). Default:
+            2**26.
         max_radius_resets: stall recovery: times the radius is reset after collapsing.
             Default: 2.
         trace_length: per-iteration records kept in `Result.trace`: the first ones (when
