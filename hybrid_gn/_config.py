@@ -23,6 +23,7 @@ Normalization = Literal["auto", "bounds", "p0", "none"]
 JacobianMode = Literal["auto", "forward", "reverse"]
 LineSearch = Literal["zoom", "backtracking"]
 Factorization = Literal["auto", "qr", "normal"]
+Covariance = Literal["auto", "dense", "diagonal", "none"]
 
 
 def _static(default):
@@ -105,6 +106,24 @@ class Config(eqx.Module):
             eps^(-1/4) of the dtype. Default: None.
         accept_ratio: accept a step when the actual over the predicted reduction exceeds
             this. Default: 1e-4.
+        dense_max_params: up to this many parameters, Gauss-Newton forms the p x p
+            J^T J (or its streamed QR) and solves the trust-region step exactly; above
+            it the fit is matrix-free: truncated conjugate gradients (Steihaug-Toint) on
+            J^T J v products (a jvp then a vjp per chunk), Jacobi-preconditioned, so
+            memory is O(p) (`_phases/_matrix_free.py`). Chosen from
+            `benchmarks/bench_many_params.py`. Default: 100.
+        cg_max_iter: matrix-free path: conjugate-gradient iterations per trust-region
+            step (each is one J^T J v product, i.e. one pass over the data in memory).
+            Default: 100.
+        covariance: how `Result.pcov` is computed: "dense" (the p x p matrix, scipy's
+            pinv), "diagonal" (only the variances, a (p,) array, by one preconditioned
+            CG solve per parameter: no p x p matrix), "none" (a (p,) array of NaN: not
+            computed) or "auto": "dense" where p x p numbers fit in
+            `covariance_max_bytes` (always on the dense path), else "diagonal".
+            Default: "auto".
+        covariance_max_bytes: the memory budget of a dense covariance of a matrix-free
+            fit (p x p numbers of the dtype; 64 MiB: p <= 2896 in float64). Default:
+            2**26.
         max_radius_resets: stall recovery: times the radius is reset after collapsing.
             Default: 2.
         trace_length: per-iteration records kept in `Result.trace`: the first ones (when
@@ -189,6 +208,13 @@ class Config(eqx.Module):
     qr_condition: float | None = None  # auto factorization; None: eps^(-1/4) of the dtype
     accept_ratio: float = 1e-4  # accept a step when actual/predicted reduction exceeds this
     max_radius_resets: int = 2  # stall recovery: times the radius is reset after collapsing
+    # above dense_max_params: matrix-free Gauss-Newton (Steihaug-Toint CG on J^T J v products,
+    # cg_max_iter per step), no p x p matrix (_phases/_matrix_free.py)
+    dense_max_params: int = _static(100)
+    cg_max_iter: int = _static(100)
+    # pcov: dense, diagonal (variances only, by CG), none, or auto: dense within the budget
+    covariance: Covariance = _static("auto")
+    covariance_max_bytes: int = _static(2**26)
 
     def __check_init__(self):
         _check_ints(self)
@@ -200,6 +226,7 @@ class Config(eqx.Module):
                             f"{type(self.penalty).__name__}")
         _one_of("jacobian", self.jacobian, ("auto", "forward", "reverse"))
         _one_of("factorization", self.factorization, ("auto", "qr", "normal"))
+        _one_of("covariance", self.covariance, ("auto", "dense", "diagonal", "none"))
         if not (isinstance(self.warmup, bool) or isinstance(self.warmup, str)
                 and self.warmup == "auto"):
             raise ValueError(f"warmup must be True, False or 'auto', got {self.warmup!r}")
@@ -230,6 +257,22 @@ def warmup_pays_off(config: Config, n_points: int) -> bool:
     return config.warmup_max_points is not None and n_points > config.warmup_max_points
 
 
+def matrix_free(config: Config, n_params: int) -> bool:
+    """Whether Gauss-Newton runs matrix-free (no p x p matrix) for `n_params` parameters."""
+    return n_params > config.dense_max_params
+
+
+def covariance_kind(config: Config, n_params: int, dtype) -> Covariance:
+    """How the covariance of a fit of `n_params` parameters is computed: "dense",
+    "diagonal" or "none" (`Config.covariance`; "auto" on a dense fit is "dense")."""
+    if config.covariance != "auto":
+        return config.covariance
+    dense_bytes = n_params * n_params * jnp.dtype(dtype).itemsize
+    if not matrix_free(config, n_params) or dense_bytes <= config.covariance_max_bytes:
+        return "dense"
+    return "diagonal"
+
+
 def with_tolerances(config: Config, dtype) -> Config:
     """`config` with unset tolerances and thresholds replaced by `dtype` defaults."""
     eps = float(jnp.finfo(dtype).eps)
@@ -242,7 +285,8 @@ def with_tolerances(config: Config, dtype) -> Config:
 # static int fields and their least allowed value (None: the field may also be None)
 _INTS = {"chunk_size": 1, "warmup_linesearch_steps": 1, "warmup_memory": 1, "max_iter": 1,
          "trace_length": 1, "warmup_max_iter": 0, "warmup_min_iter": 0, "plateau_patience": 1,
-         "max_radius_resets": 0, "warmup_max_points": None}
+         "max_radius_resets": 0, "warmup_max_points": None, "dense_max_params": 0,
+         "cg_max_iter": 1, "covariance_max_bytes": 0}
 _NON_NEGATIVE = ("ftol", "xtol", "gtol", "warm_start_threshold", "cost_increase_tol",
                  "plateau_rtol", "warmup_gtol", "refine_threshold", "explore_threshold",
                  "poor_shape_threshold", "poor_loss_threshold")

@@ -9,7 +9,8 @@ explain. `GroupPenalty` adds, for each declared group g of parameters,
 to the cost, as extra residual rows sqrt(strength) (theta_i - mean_g theta).
 The problem stays a least-squares problem: the rows enter J^T J and J^T r
 once per pass (not per chunk, not per device), so the trust region, the
-covariance and the implicit gradient all see the penalty.
+covariance and the implicit gradient all see the penalty. It needs the dense
+Gauss-Newton path (p <= `Config.dense_max_params`).
 """
 
 from __future__ import annotations

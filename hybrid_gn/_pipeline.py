@@ -30,13 +30,22 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PyTree
 
 from . import _implicit as implicit
-from ._config import Config, robust_loss, warmup_pays_off, with_tolerances
+from ._config import (
+    Config,
+    covariance_kind,
+    matrix_free,
+    robust_loss,
+    warmup_pays_off,
+    with_tolerances,
+)
 from ._data import Data, make_data
 from ._loss import Loss
 from ._phases import _accumulate as accumulate
 from ._phases import _gauss_newton as gauss_newton
+from ._phases import _matrix_free as matrix_free_model
+from ._phases import _steihaug as steihaug
 from ._phases import _warmup as warmup
-from ._phases._covariance import covariance
+from ._phases._covariance import covariance, variances
 from ._phases._gauss_newton import GaussNewtonState, Proposal
 from ._phases._start_fit import poor_start, start_fit
 from ._phases._warmup import WarmupState
@@ -82,6 +91,26 @@ class Setup(eqx.Module):
     def warmup_runs(self) -> bool:
         """Static: whether a warmup loop exists at all."""
         return warmup_pays_off(self.config, self.n_points)
+
+    @property
+    def matrix_free(self) -> bool:
+        """Static: Gauss-Newton without a p x p matrix (`Config.dense_max_params`)."""
+        return matrix_free(self.config, self.problem.u0.shape[0])
+
+    def gram_operator(self, u: Float[Array, " p"], data: Data, weight=1.0
+                      ) -> steihaug.Operator:
+        """v -> weight * J^T J v at `u` over `data` (one pass per product)."""
+        residual, loss = self.residual, self.loss
+        return lambda v: weight * matrix_free_model.gram_product(residual, u, data, v, loss)
+
+    def evaluate(self, u: Float[Array, " p"], data: Data, use_qr=False) -> gauss_newton.Model:
+        """The Gauss-Newton model at `u`: one pass over `data`."""
+        config = self.config
+        if self.matrix_free:
+            return matrix_free_model.evaluate(self.residual, u, data, self.loss)
+        return accumulate.linearize(self.residual, u, data, config.jacobian,
+                                    config.factorization, use_qr, self.loss,
+                                    self.penalty_rows)
 
 
 class PipelineState(eqx.Module):
@@ -166,13 +195,21 @@ def _gauss_newton_start(setup: Setup, u: Float[Array, " p"]) -> GaussNewtonState
     return gauss_newton.init(u, poor_start(fit, setup.config), setup.config)
 
 
-def propose(setup: Setup, state: PipelineState) -> Proposal:
-    """The trial point of the next Gauss-Newton iteration (the start, at the first)."""
-    return gauss_newton.propose(state.gauss_newton, setup.problem.lower, setup.problem.upper)
+def propose(setup: Setup, state: PipelineState, hess: steihaug.Operator | None = None
+            ) -> Proposal:
+    """The trial point of the next Gauss-Newton iteration (the start, at the first).
+
+    A matrix-free setup needs `hess`, the J^T J products at the current point
+    (`Setup.gram_operator`); the dense path reads its stored factor.
+    """
+    gs, problem = state.gauss_newton, setup.problem
+    if setup.matrix_free:
+        return steihaug.propose(gs, problem.lower, problem.upper, hess, setup.config.cg_max_iter)
+    return gauss_newton.propose(gs, problem.lower, problem.upper)
 
 
 def conclude(setup: Setup, state: PipelineState, proposal: Proposal,
-             new: accumulate.Linearization) -> PipelineState:
+             new: gauss_newton.Model) -> PipelineState:
     """Accept or reject the trial given its Gauss-Newton model `new`; record the step."""
     problem, config = setup.problem, setup.config
     gs = gauss_newton.conclude(state.gauss_newton, proposal, new, problem.lower, problem.upper,
@@ -186,12 +223,10 @@ def conclude(setup: Setup, state: PipelineState, proposal: Proposal,
 
 
 def gauss_newton_step(setup: Setup, data: Data, state: PipelineState) -> PipelineState:
-    """One Gauss-Newton iteration on data in memory: one pass to evaluate the trial."""
-    config = setup.config
-    proposal = propose(setup, state)
-    new = accumulate.linearize(setup.residual, proposal.trial, data, config.jacobian,
-                               config.factorization, state.gauss_newton.use_qr, setup.loss,
-                               setup.penalty_rows)
+    """One Gauss-Newton iteration on data in memory: one pass to evaluate the trial (and,
+    matrix-free, one per CG iteration of the step)."""
+    proposal = propose(setup, state, setup.gram_operator(state.gauss_newton.u, data))
+    new = setup.evaluate(proposal.trial, data, state.gauss_newton.use_qr)
     return conclude(setup, state, proposal, new)
 
 
@@ -212,21 +247,41 @@ def run(setup: Setup, data: Data, u0: Float[Array, " p"] | None = None) -> Pipel
 
 
 def result(setup: Setup, state: PipelineState, params: PyTree, n_points,
-           absolute_sigma) -> Result:
+           absolute_sigma, data: Data | None = None) -> Result:
     """Phase 3: the covariance (curve_fit semantics) and the `Result` of a finished run.
 
     `n_points` counts the points with nonzero weight (summed on device in
-    memory, counted while reading when streamed).
+    memory, counted while reading when streamed). A matrix-free fit's
+    covariance needs the `data` in memory (else it is not computed).
     """
     gs, ws = state.gauss_newton, state.warmup
-    pcov = covariance(gs.model.factor, gs.model.cost, setup.problem.norm.scale, n_points,
-                      absolute_sigma)
+    pcov = parameter_covariance(setup, gs, n_points, absolute_sigma, data)
+    variance = pcov if pcov.ndim == 1 else jnp.diagonal(pcov)
     return Result(
         params=params, pcov=pcov,
-        perr=setup.problem.unravel(jnp.sqrt(jnp.diagonal(pcov))), cost=gs.model.cost,
+        perr=setup.problem.unravel(jnp.sqrt(variance)), cost=gs.model.cost,
         status=gs.status, warmup_reason=ws.reason, warmup_mode=ws.mode,
         warmup_iterations=ws.iteration, gn_iterations=gs.iteration,
         passes=gs.iteration + 1, n_points=n_points, trace=state.trace)
+
+
+def parameter_covariance(setup: Setup, gs: GaussNewtonState, n_points, absolute_sigma,
+                         data: Data | None) -> Array:
+    """pcov as `Config.covariance` asks: (p, p) when dense, else the (p,) variances (NaN
+    when not computed)."""
+    problem, config, model = setup.problem, setup.config, gs.model
+    p, scale = problem.u0.shape[0], problem.norm.scale
+    kind = covariance_kind(config, p, problem.dtype)
+    if kind == "none" or setup.matrix_free and data is None:
+        return jnp.full(p, jnp.nan, problem.dtype)
+    if kind == "diagonal" and setup.matrix_free:
+        return variances(setup.gram_operator(gs.u, data), model.diagonal, model.cost, scale,
+                         n_points, absolute_sigma, 10 * config.cg_max_iter)
+    if setup.matrix_free:  # dense within the budget: J^T J formed once, at the end
+        model = accumulate.linearize(setup.residual, gs.u, data, config.jacobian, "normal",
+                                     False, setup.loss)
+    pcov = covariance(model.factor, model.cost, scale, n_points, absolute_sigma)
+    return jnp.diagonal(pcov) if kind == "diagonal" else pcov
 
 
 def finish(setup: Setup, state: PipelineState, data: Data, eta: PyTree, mask,
@@ -244,9 +299,12 @@ def finish(setup: Setup, state: PipelineState, data: Data, eta: PyTree, mask,
                 + setup.penalty_cost(u))
 
     free = gauss_newton.free_variables(gs.u, gs.model.gradient, problem.lower, problem.upper)
-    u_final = implicit.solution(objective, gs.u, free, eta)
+    # matrix-free: the implicit rule solves with Hessian-vector products, preconditioned by
+    # diag(J^T J), instead of forming the p x p Hessian
+    diagonal = gs.model.diagonal if setup.matrix_free else None
+    u_final = implicit.solution(objective, gs.u, free, eta, diagonal)
     return result(setup, state, problem.to_params(u_final), jnp.sum(data.weight > 0),
-                  absolute_sigma)
+                  absolute_sigma, data)
 
 
 def _record(config: Config, trace: Trace, phase, cost, grad_norm, radius) -> Trace:

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PyTree
 
-from ._config import Config, JacobianMode
+from ._config import Config, JacobianMode, matrix_free
 from ._data import Data
+from ._phases import _matrix_free
 from ._phases._accumulate import ResidualFn, empty_accumulator, fold_chunk, use_forward_mode
 from ._phases._normalize import Normalization, make_normalization
 
@@ -105,7 +106,8 @@ def make_problem(model: Callable, p0: PyTree, bounds, config: Config, dtype,
     if sample is not None:
         identity = Normalization(jnp.zeros_like(theta0), jnp.ones_like(theta0))
         in_theta = Problem(model, unravel, identity, lb, ub, theta0).residual(model_args)
-        influence = parameter_influence(in_theta, theta0, sample, config.jacobian)
+        influence = parameter_influence(in_theta, theta0, sample, config.jacobian,
+                                        matrix_free(config, theta0.shape[0]))
     norm = make_normalization(theta0, lb, ub, config.normalization, influence)
     lower, upper = norm.bounds(lb, ub)
     u0 = jnp.clip(norm.to_normalized(theta0), lower, upper)
@@ -113,8 +115,11 @@ def make_problem(model: Callable, p0: PyTree, bounds, config: Config, dtype,
 
 
 def parameter_influence(residual: ResidualFn, theta, sample: Data,
-                        mode: JacobianMode) -> Float[Array, " p"]:
-    """||d r / d theta_j|| over the sample: the column norms of the Jacobian at `theta`."""
+                        mode: JacobianMode, without_matrix: bool = False) -> Float[Array, " p"]:
+    """||d r / d theta_j|| over the sample: the column norms of the Jacobian at `theta`
+    (`without_matrix`: their matrix-free estimate, `_matrix_free`)."""
+    if without_matrix:
+        return _matrix_free.evaluate(residual, theta, sample).column_norms
     acc = empty_accumulator(theta.shape[0], theta.dtype, qr=False)
     forward = use_forward_mode(mode, theta.shape[0], sample.n)
     acc = fold_chunk(residual, theta, acc, sample.x, sample.y, sample.weight, forward)

@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 from jaxtyping import PRNGKeyArray, PyTree
 
 from . import _model, _values
-from ._config import Config
+from ._config import Config, matrix_free
 from ._group_weights import GroupWeights
 from ._problem import flat_bounds
 from ._values import Values
@@ -245,6 +245,11 @@ def check_fit(model: Callable, p0: PyTree, x: PyTree, y, sigma, bounds, check_va
     n = _check_shapes(x, y, sigma, mask, p)
     if config.penalty is not None:
         config.penalty.check(p)
+        if matrix_free(config, p):
+            raise ValueError(f"Config.penalty needs the dense Gauss-Newton path: p = {p} "
+                             f"parameters is above Config.dense_max_params = "
+                             f"{config.dense_max_params}; raise dense_max_params to at least "
+                             f"{p}")
     bounds = check_bounds(bounds, p0)
     # the model is traced on a chunk of the fit's chunk size (of the whole data when it is
     # streamed: not of the block at hand, so the fingerprint is the same for any block size)

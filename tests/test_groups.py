@@ -123,6 +123,8 @@ def test_bad_groups_are_named():
         GroupPenalty([[0, 1]], strength=-1.0)
     with pytest.raises(ValueError, match="names parameter index 40, but p0 has 11"):
         hybrid_gn.fit(g2, P0, X, Y, config=Config(penalty=GroupPenalty([[0, 40]])))
+    with pytest.raises(ValueError, match="penalty needs the dense Gauss-Newton path: p = 11"):
+        hybrid_gn.fit(g2, P0, X, Y, config=Config(penalty=PENALTY, dense_max_params=10))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
         hybrid_gn.fit(g2, P0, X, Y, group_weights=GroupWeights([1.0, 2.0], column=1))
     with pytest.raises(ValueError, match="exactly one of labels="):

@@ -64,8 +64,8 @@ class OneDevice:
     def replicate(self, tree: PyTree) -> PyTree:
         return tree
 
-    def empty(self, p: int, dtype, qr: bool) -> accumulate.Accumulator:
-        return accumulate.empty_accumulator(p, dtype, qr)
+    def empty(self, setup: pipeline.Setup, p: int, dtype, qr: bool) -> steps.Accumulator:
+        return steps.empty_accumulator(setup, p, dtype, qr)
 
     def empty_digest(self) -> jax.Array:
         return _digest.empty()
@@ -122,8 +122,8 @@ class OverMesh:
         return jax.device_put(jax.tree.map(lambda a: jnp.stack([a] * self.group), tree),
                               NamedSharding(self.mesh, PartitionSpec(self.axis)))
 
-    def empty(self, p: int, dtype, qr: bool) -> accumulate.Accumulator:
-        return self._stacked(accumulate.empty_accumulator(p, dtype, qr))
+    def empty(self, setup: pipeline.Setup, p: int, dtype, qr: bool) -> steps.Accumulator:
+        return self._stacked(steps.empty_accumulator(setup, p, dtype, qr))
 
     def empty_digest(self) -> jax.Array:
         return self._stacked(_digest.empty())

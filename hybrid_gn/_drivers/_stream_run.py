@@ -24,7 +24,6 @@ from .. import _digest, sources
 from .. import _pipeline as pipeline
 from .._config import Config, warmup_pays_off
 from .._data import Data
-from .._phases import _accumulate as accumulate
 from .._pipeline import PipelineState
 from .._result import Phase
 from ..sources._buffers import device_chunks
@@ -78,7 +77,7 @@ class StreamRun:
         return data
 
     def one_pass(self, setup: pipeline.Setup | None = None, u=None,
-                 acc: accumulate.Accumulator | None = None, bar: Progress | None = None):
+                 acc: steps.Accumulator | None = None, bar: Progress | None = None):
         """Read the source once, folding each chunk into `acc` at `u` when given (on the
         devices, `group` chunks a step); the pass's digest must match the data's, else
         nothing computed from it is used. Returns the pass's combined accumulator."""
@@ -161,7 +160,7 @@ class StreamRun:
             if int(state.phase) == Phase.WARMUP:
                 state = steps.warmup_step(setup, state)
             else:
-                state = self._gauss_newton_step(lean, state, bar)
+                state = self._gauss_newton_step(setup, lean, state, bar)
             self.done += 1
             bar.iteration(state, self.done)
             if self.done % self.checkpoint_every == 0 and int(state.phase) != pipeline.DONE:
@@ -169,11 +168,16 @@ class StreamRun:
         self.save(state, finished=True)
         return state
 
-    def _gauss_newton_step(self, setup: pipeline.Setup, state: PipelineState,
-                           bar: Progress) -> PipelineState:
+    def _gauss_newton_step(self, full: pipeline.Setup, setup: pipeline.Setup,
+                           state: PipelineState, bar: Progress) -> PipelineState:
+        """One iteration: the trial (matrix-free: on the `full` setup's sample, see
+        `_stream_steps`), then one pass to evaluate it."""
         use_qr = bool(state.gauss_newton.use_qr)
-        proposal = steps.propose(setup, state)
-        acc = self.devices.empty(proposal.trial.shape[0], self.dtype, use_qr)
+        if setup.matrix_free:
+            proposal = steps.propose_matrix_free(full, state)
+        else:
+            proposal = steps.propose(setup, state)
+        acc = self.devices.empty(setup, proposal.trial.shape[0], self.dtype, use_qr)
         bar.new_pass()
         acc = self.one_pass(setup, proposal.trial, acc, bar)
         return steps.conclude(setup, state, proposal, acc)

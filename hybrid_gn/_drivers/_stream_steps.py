@@ -6,6 +6,15 @@ every fit with the same model, shapes and static configuration (the
 Gauss-Newton pieces get the setup `for_gauss_newton`). `fold`
 accumulates one streamed block, cut into `config.chunk_size` sub-chunks as
 in the in-memory drivers (cache-sized Jacobians), in one compiled scan.
+
+A matrix-free fit (`Config.dense_max_params`) would need one pass per
+conjugate-gradient iteration if its J^T J products came from the source.
+Instead each step's subproblem is solved on the products of the in-memory
+warmup sample, scaled by n / (its points) (`propose_matrix_free`); the
+gradient, cost and diagonal that the step is judged by are the pass's
+exact ones. So a step costs one pass, as on the dense path; the sample's
+curvature makes the final convergence linear rather than quadratic (more,
+cheaper iterations), and the answer equals `fit`'s to the tolerances.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from .._config import Config
 from .._data import Data
 from .._jit import jit
 from .._phases import _accumulate as accumulate
+from .._phases import _matrix_free as matrix_free
 from .._phases._gauss_newton import Proposal
 from .._result import Result
 
@@ -48,10 +58,31 @@ def make_setup(model, p0: PyTree, bounds, model_args: PyTree, config: Config, sa
     return pipeline.make_setup(model, p0, bounds, model_args, config, dtype, sample, n_points)
 
 
-def _fold(setup: pipeline.Setup, u, acc: accumulate.Accumulator, x, y, w
-          ) -> accumulate.Accumulator:
+Accumulator = accumulate.Accumulator | matrix_free.GradientAccumulator
+
+
+@jit
+def propose_matrix_free(setup: pipeline.Setup, state: pipeline.PipelineState) -> Proposal:
+    """`pipeline.propose` of a matrix-free fit on the sample's scaled products (see the
+    module); `setup` with its sample and size (not `for_gauss_newton`)."""
+    sample = setup.sample
+    weight = setup.n_points / jnp.sum(sample.weight > 0)
+    return pipeline.propose(setup, state, setup.gram_operator(state.gauss_newton.u, sample,
+                                                              weight))
+
+
+def empty_accumulator(setup: pipeline.Setup, p: int, dtype, use_qr: bool) -> Accumulator:
+    """The accumulator a pass of this fit starts from."""
+    if setup.matrix_free:
+        return matrix_free.empty_accumulator(p, dtype)
+    return accumulate.empty_accumulator(p, dtype, use_qr)
+
+
+def _fold(setup: pipeline.Setup, u, acc: Accumulator, x, y, w) -> Accumulator:
     """`acc` with one streamed block (x, y, w) folded in, sub-chunk by sub-chunk."""
     data = Data(x, y, w, min(setup.config.chunk_size, y.shape[0]))
+    if isinstance(acc, matrix_free.GradientAccumulator):
+        return matrix_free.fold_data(setup.residual, u, acc, data, setup.loss)
     return accumulate.fold_data(setup.residual, u, acc, data, setup.config.jacobian, setup.loss)
 
 
@@ -106,8 +137,10 @@ def sum_digests(digest):
 
 @jit
 def conclude(setup: pipeline.Setup, state: pipeline.PipelineState, proposal: Proposal,
-             acc: accumulate.Accumulator) -> pipeline.PipelineState:
+             acc: Accumulator) -> pipeline.PipelineState:
     """`pipeline.conclude`, the pass's accumulator reduced to the trial's model."""
+    if isinstance(acc, matrix_free.GradientAccumulator):
+        return pipeline.conclude(setup, state, proposal, matrix_free.finish(acc))
     acc = accumulate.fold_rows(setup.penalty_rows, proposal.trial, acc)
     return pipeline.conclude(setup, state, proposal, accumulate.finish(acc))
 

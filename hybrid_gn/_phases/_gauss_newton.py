@@ -38,15 +38,18 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from .._config import Config
+from .._config import Config, matrix_free
 from .._result import Status
+from . import _matrix_free
 from ._accumulate import Linearization
 from ._linalg import trust_region_step
+
+Model = Linearization | _matrix_free.GradientModel  # the latter above Config.dense_max_params
 
 
 class GaussNewtonState(eqx.Module):
     u: Float[Array, " p"]
-    model: Linearization  # at u
+    model: Model  # at u
     use_qr: Bool[Array, ""]  # evaluate by streamed QR (sticky once cond(J) is large)
     radius: Float[Array, ""]
     iteration: Int[Array, ""]
@@ -64,8 +67,11 @@ def init(u0: Float[Array, " p"], poor, config: Config) -> GaussNewtonState:
     (`_start_fit.poor_start`) gets the small first radius."""
     p = u0.shape[0]
     zero = jnp.zeros((), u0.dtype)
-    model = Linearization(jnp.zeros((p, p), u0.dtype), jnp.zeros_like(u0), zero)
-    return GaussNewtonState(u=u0, model=model, use_qr=jnp.asarray(config.factorization == "qr"),
+    free_of_matrices = matrix_free(config, p)
+    model = (_matrix_free.placeholder(p, u0.dtype) if free_of_matrices else
+             Linearization(jnp.zeros((p, p), u0.dtype), jnp.zeros_like(u0), zero))
+    use_qr = config.factorization == "qr" and not free_of_matrices
+    return GaussNewtonState(u=u0, model=model, use_qr=jnp.asarray(use_qr),
                             radius=first_radius(u0, poor, config),
                             iteration=jnp.asarray(0), resets=jnp.asarray(0),
                             started=jnp.asarray(False), status=jnp.asarray(Status.RUNNING))
@@ -78,7 +84,7 @@ def free_variables(u, gradient, lower, upper) -> Bool[Array, " p"]:
     return ~(held_low | held_high)
 
 
-def gradient_cosine(model: Linearization, free) -> Float[Array, ""]:
+def gradient_cosine(model: Model, free) -> Float[Array, ""]:
     """max_j |(J^T r)_j| / (||J_j|| ||r||) over free j: scale-free gtol measure."""
     col = model.column_norms
     rnorm = jnp.sqrt(2 * model.cost)
@@ -134,7 +140,7 @@ def propose(state: GaussNewtonState, lower, upper) -> Proposal:
     return Proposal(trial, -(eq.qtr @ r_step + 0.5 * r_step @ r_step))
 
 
-def conclude(state: GaussNewtonState, proposal: Proposal, new: Linearization, lower, upper,
+def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upper,
              config: Config) -> GaussNewtonState:
     """Accept or reject the trial given its model `new`; update radius and status.
 
@@ -191,8 +197,10 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Linearization, lo
         Status.RUNNING).astype(state.status.dtype)
 
     radius = jnp.where(recover, _initial_radius(u_next, config), radius)
-    use_qr = state.use_qr | (config.factorization == "auto") & ~state.use_qr & new.finite & (
-        ill_conditioned(new, config.qr_condition))
+    use_qr = state.use_qr
+    if isinstance(new, Linearization):  # static: the matrix-free model has no QR route
+        use_qr = use_qr | (config.factorization == "auto") & ~use_qr & new.finite & (
+            ill_conditioned(new, config.qr_condition))
     return GaussNewtonState(u=u_next, model=eq_next, use_qr=use_qr, radius=radius,
                             iteration=iteration, resets=state.resets + recover,
                             started=jnp.asarray(True), status=status)
