@@ -81,7 +81,7 @@ def test_group_weights_equal_scipy_with_scaled_residuals():
     np.testing.assert_allclose(by_column.params, by_labels.params, rtol=1e-12)
 
 
-def test_every_driver_sees_weights_and_penalty():
+def test_stream_sees_weights_and_penalty():
     weights = np.linspace(0.5, 3.0, A)
     config = Config(penalty=PENALTY)
     groups = GroupWeights(weights, column=1)
@@ -92,6 +92,15 @@ def test_every_driver_sees_weights_and_penalty():
     np.testing.assert_allclose(stream.params, solo.params, rtol=1e-9)
     np.testing.assert_allclose(stream.cost, solo.cost, rtol=1e-10)
     np.testing.assert_allclose(stream.pcov, solo.pcov, rtol=1e-7)
+
+
+@pytest.mark.slow
+def test_batch_sees_weights_and_penalty():
+    """The default suite has the stream's (the same rows and weights, another driver)."""
+    weights = np.linspace(0.5, 3.0, A)
+    config = Config(penalty=PENALTY)
+    groups = GroupWeights(weights, column=1)
+    solo = hybrid_gn.fit(g2, P0, X, Y, config=config, group_weights=groups)
     x2, y2 = make_data(1)
     batch = hybrid_gn.fit_batch(g2, np.stack([P0, P0]), np.stack([X, x2]), np.stack([Y, y2]),
                                 config=config, group_weights=groups)

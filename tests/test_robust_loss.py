@@ -22,7 +22,7 @@ import scipy.optimize
 import hybrid_gn
 from hybrid_gn import Config
 
-LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
+LOSSES = ("soft_l1", "huber", "cauchy", "arctan")  # "linear": every other test
 F_SCALE = 0.1
 TIGHT = dict(xtol=1e-15, ftol=1e-15, gtol=1e-15)
 
@@ -97,7 +97,18 @@ def test_curve_fit_soft_l1_equals_scipy_with_pcov():
     np.testing.assert_allclose(pcov, pcov_ref, rtol=1e-4)
 
 
-def test_batch_and_stream_fold_the_loss_in():
+def test_stream_folds_the_loss_in():
+    config = robust("huber")
+    solo = hybrid_gn.fit(decay, P0, X, Y, config=config)
+    stream = hybrid_gn.fit_stream(decay, P0, (X, Y), block_size=64, progress=False,
+                                  config=dataclasses.replace(config, chunk_size=32))
+    np.testing.assert_allclose(stream.params, solo.params, rtol=1e-8)
+    np.testing.assert_allclose(stream.cost, solo.cost, rtol=1e-10)
+
+
+@pytest.mark.slow
+def test_batch_folds_the_loss_in():
+    """The default suite has the stream's (the same accumulation, another driver)."""
     config = robust("huber")
     solo = [hybrid_gn.fit(decay, P0, *data(seed), config=config) for seed in range(3)]
     xs, ys = zip(*(data(seed) for seed in range(3)), strict=True)
@@ -105,11 +116,6 @@ def test_batch_and_stream_fold_the_loss_in():
                                 config=config)
     np.testing.assert_allclose(batch.params, np.stack([s.params for s in solo]), rtol=1e-8)
     np.testing.assert_allclose(batch.cost, [s.cost for s in solo], rtol=1e-10)
-
-    stream = hybrid_gn.fit_stream(decay, P0, (X, Y), block_size=64, progress=False,
-                                  config=dataclasses.replace(config, chunk_size=32))
-    np.testing.assert_allclose(stream.params, solo[0].params, rtol=1e-8)
-    np.testing.assert_allclose(stream.cost, solo[0].cost, rtol=1e-10)
 
 
 @pytest.mark.slow

@@ -79,7 +79,7 @@ SCRIPT = textwrap.dedent('''
                 inputs.model, jnp.asarray(p0), None, inputs.model_args, config,
                 run.sample(config), n))
             lin = finish(run.one_pass(setup, setup.problem.u0,
-                                      devices.empty(5, np.float64, factorization == "qr")))
+                                      devices.empty(setup, 5, np.float64, factorization == "qr")))
             found.append(np.concatenate([lin.gradient, (lin.factor.T @ lin.factor).ravel(),
                                          [lin.cost]]))
         return float(np.max(np.abs(found[1] - found[0])) / np.max(np.abs(found[0])))
