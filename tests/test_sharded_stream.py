@@ -9,13 +9,10 @@ on the mesh and resumed from its checkpoint (on the mesh and on one device).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from four_devices import run_on_four_devices
 
 SCRIPT = textwrap.dedent('''
     import json, os, sys, tempfile
@@ -115,12 +112,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def run(*cases: str) -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_ENABLE_X64="1")
-    done = subprocess.run([sys.executable, "-c", SCRIPT, *cases], capture_output=True,
-                          text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_on_four_devices(SCRIPT, *cases)
 
 
 def assert_same(case: dict) -> None:
