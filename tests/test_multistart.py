@@ -49,7 +49,10 @@ CASES = {
 SEEDS = 20
 
 
-@pytest.mark.parametrize("name", list(CASES))
+# the default suite runs one family (the fast variant); all three run with -m slow
+@pytest.mark.parametrize("name", [
+    name if name == "two_peaks" else pytest.param(name, marks=pytest.mark.slow)
+    for name in CASES])
 def test_tournament_reaches_the_global_minimum_for_20_seeds(name):
     model, x, truth, start, bounds, swap = CASES[name]
     truth, start = jnp.asarray(truth), jnp.asarray(start)
