@@ -8,10 +8,16 @@ start (1, 1, 0). In a fresh subprocess per size (`harness.in_subprocess`):
 
 - first call: `import hybrid_gn` done, the first `curve_fit` in the process (tracing and
   compiling included);
-- new lambda: a second call with a freshly written lambda of the same code on new data
-  of the same size (the program is reused when the function computes the same thing);
-- warm: further calls with the same function (median of 5);
-- scipy: `scipy.optimize.curve_fit` on the same data, the same start (median of 5).
+- new lambda: calls each with a freshly written lambda of the same code on new data of
+  the same size (the program is reused when the function computes the same thing;
+  median of 9);
+- warm: further calls with the same function (median of 9);
+- scipy: `scipy.optimize.curve_fit` on the same data, the same start (median of 9).
+
+Each size runs twice: with JAX's default asynchronous dispatch on the CPU, and with
+`jax_cpu_enable_async_dispatch=False` (set by the environment variable
+`JAX_CPU_ENABLE_ASYNC_DISPATCH=0` before JAX starts), under which a small program runs
+in the calling thread instead of handing over to a worker thread and back.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ import argparse
 
 import harness
 import numpy as np
+
+REPEATS = 9
+DISPATCH = {"async": {}, "inline": {"JAX_CPU_ENABLE_ASYNC_DISPATCH": "0"}}
 
 
 def _data(n: int, seed: int):
@@ -43,9 +52,13 @@ def measure(n: int) -> dict:
     hybrid_gn.curve_fit(lambda x, a, b, c: a * jnp.exp(-b * x) + c, x, y, p0=p0)
     first = time.perf_counter() - t
     x2, y2 = _data(n, 1)
-    t = time.perf_counter()
+    new_lambda = []
+    for seed in range(2, 2 + REPEATS):
+        x3, y3 = _data(n, seed)
+        t = time.perf_counter()
+        hybrid_gn.curve_fit(lambda x, a, b, c: a * jnp.exp(-b * x) + c, x3, y3, p0=p0)
+        new_lambda.append(time.perf_counter() - t)
     popt = hybrid_gn.curve_fit(lambda x, a, b, c: a * jnp.exp(-b * x) + c, x2, y2, p0=p0)[0]
-    new_lambda = time.perf_counter() - t
 
     def f(x, a, b, c):
         return a * jnp.exp(-b * x) + c
@@ -53,8 +66,9 @@ def measure(n: int) -> dict:
     def g(x, a, b, c):
         return a * np.exp(-b * x) + c
 
-    warm = harness.timed_calls(lambda: hybrid_gn.curve_fit(f, x2, y2, p0=p0), 5)
-    reference = harness.timed_calls(lambda: scipy.optimize.curve_fit(g, x2, y2, p0=p0), 5)
+    warm = harness.timed_calls(lambda: hybrid_gn.curve_fit(f, x2, y2, p0=p0), REPEATS)
+    reference = harness.timed_calls(lambda: scipy.optimize.curve_fit(g, x2, y2, p0=p0),
+                                    REPEATS)
     deviation = float(np.max(np.abs(popt - reference.result[0]) / np.abs(reference.result[0])))
     return {"first": first, "new_lambda": new_lambda, "warm": warm.seconds,
             "scipy": reference.seconds, "deviation": deviation}
@@ -67,19 +81,21 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for n in (int(float(s)) for s in args.sizes.split(",")):
-        out = harness.in_subprocess(measure, n, timeout=args.timeout)
-        if not out.ok:
-            rows.append([harness.sci(n), out.describe(), "–", "–", "–", "–", "–"])
-            continue
-        v = out.value
-        scipy_s = harness.Stats.of(v["scipy"]).median
-        warm_s = harness.Stats.of(v["warm"]).median
-        rows.append([harness.sci(n), f"{v['first']:.2f}", f"{v['new_lambda'] * 1e3:.1f}",
-                     f"{warm_s * 1e3:.1f}", f"{scipy_s * 1e3:.1f}",
-                     f"{v['new_lambda'] / scipy_s:.1f}", f"{v['deviation']:.1e}"])
+        for dispatch, env in DISPATCH.items():
+            out = harness.in_subprocess(measure, n, timeout=args.timeout, env=env)
+            if not out.ok:
+                rows.append([harness.sci(n), dispatch, out.describe(), "–", "–", "–", "–", "–"])
+                continue
+            v = out.value
+            scipy_s = harness.Stats.of(v["scipy"]).median
+            new_s = harness.Stats.of(v["new_lambda"]).median
+            warm_s = harness.Stats.of(v["warm"]).median
+            rows.append([harness.sci(n), dispatch, f"{v['first']:.2f}", f"{new_s * 1e3:.2f}",
+                         f"{warm_s * 1e3:.2f}", f"{scipy_s * 1e3:.2f}", f"{new_s / scipy_s:.1f}",
+                         f"{v['deviation']:.1e}"])
     print(harness.markdown_table(
-        ["n", "first call s", "new lambda ms", "warm ms", "scipy ms", "new lambda / scipy",
-         "max rel. dev. of popt from scipy"], rows))
+        ["n", "dispatch", "first call s", "new lambda ms", "warm ms", "scipy ms",
+         "new lambda / scipy", "max rel. dev. of popt from scipy"], rows))
 
 
 if __name__ == "__main__":

@@ -138,8 +138,17 @@ def _memo_key(model: Callable, treedef, static: tuple, inputs: PyTree) -> Hashab
     if signature is None:
         return None
     leaves, structure = jax.tree.flatten(inputs)
-    abstract = tuple((np.shape(a), np.dtype(jnp.result_type(a)).str) for a in leaves)
+    abstract = tuple((np.shape(a), dtype_of(a).str) for a in leaves)
     return (signature, treedef, structure, abstract, jax.config.jax_enable_x64)
+
+
+def dtype_of(a) -> np.dtype:
+    """`jnp.result_type(a)` of one array or scalar: read off an array's dtype (a fifteenth
+    of the cost, which counts in the checks of a small fit)."""
+    dtype = getattr(a, "dtype", None)
+    if dtype is None:
+        return np.dtype(jnp.result_type(a))
+    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
 
 
 def fingerprint(closed: jax.extend.core.ClosedJaxpr) -> str:

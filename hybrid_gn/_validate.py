@@ -131,7 +131,7 @@ def check_params(name: str, p0: PyTree) -> tuple[PyTree, int]:
     if not leaves:
         raise ValueError(f"{name} has no parameters")
     for leaf in leaves:
-        if jnp.result_type(leaf) == jnp.bool_:
+        if _model.dtype_of(leaf) == np.bool_:
             raise TypeError(f"{name} must contain numbers, got a bool array")
     return p0, sum(int(np.size(leaf)) for leaf in leaves)
 
@@ -199,8 +199,9 @@ def check_model(model: Callable, p0: PyTree, x: PyTree, size: int, args: PyTree
         raise TypeError(f"model must be callable as model(params, x), got "
                         f"{type(model).__name__}")
     chunk = jax.tree.map(lambda a: jax.ShapeDtypeStruct((size, *np.shape(a)[1:]),
-                                                        jnp.result_type(a)), x)
-    params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), p0)
+                                                        _model.dtype_of(a)), x)
+    params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), _model.dtype_of(a)),
+                          p0)
     try:
         key, arrays, out = _model.split(model, params, chunk, args)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError,

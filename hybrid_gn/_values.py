@@ -36,8 +36,34 @@ class Values(NamedTuple):
 
 def check_values(values: Values, check_finite: bool, config: Config, batched: bool) -> None:
     """Raise a ValueError naming the argument (and the first bad problem when `batched`) for
-    too few points, NaN/Inf (with `check_finite`), sigma <= 0, bad bounds, p0 outside."""
+    too few points, NaN/Inf (with `check_finite`), sigma <= 0, bad bounds, p0 outside.
+
+    Inputs that pass every check (the common case) are recognised by a few whole-array
+    tests; only a failing input is counted problem by problem to name the first bad one.
+    """
+    if _all_good(values, check_finite, config):
+        return
     _judge(values, count(values, check_finite, np), check_finite, config, batched)
+
+
+def _all_good(values: Values, check_finite: bool, config: Config) -> bool:
+    """Whether `values` pass every check of `_judge` (tested on whole arrays, ignoring
+    which points count: a NaN where the mask is False sends the input to `_judge`)."""
+    theta0, lb, ub, used = values.theta0, values.lower, values.upper, values.used
+    p = theta0.shape[1]
+    if used.shape[1] < p or (used.size and not used.all()):
+        return False
+    if check_finite and not all(np.isfinite(a).all() for a in (values.y, *values.x, theta0)
+                                if np.issubdtype(a.dtype, np.inexact)):
+        return False
+    if values.sigma is not None and not (np.isfinite(values.sigma).all() or not check_finite):
+        return False
+    if values.sigma is not None and not (values.sigma > 0).all():
+        return False
+    if not ((lb < ub).all() and (theta0 >= lb).all() and (theta0 <= ub).all()):
+        return False  # NaN bounds fail here too
+    return config.normalization != "bounds" or bool(np.isfinite(lb).all()
+                                                    and np.isfinite(ub).all())
 
 
 def check_spread_values(values: Values, check_finite: bool, config: Config) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import _host as host
 from .._code_signature import code_signature
+from .._model import dtype_of
 from .._result import Result, Status
 from . import _curve_fit_data as data
 from ._fit import fit
@@ -149,7 +150,7 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_
     config = options.config
     if problem.chunk_size is not None:
         config = dataclasses.replace(config, chunk_size=problem.chunk_size)
-    result = fit(problem.model, jnp.asarray(p0), problem.x, problem.y, sigma=problem.sigma,
+    result = fit(problem.model, p0, problem.x, problem.y, sigma=problem.sigma,
                  bounds=(lb, ub) if bounded else None, args=problem.args,
                  absolute_sigma=absolute_sigma, check_finite=check_finite, config=config)
     return _outputs(problem, result, method, options.verbose, full_output)
@@ -168,7 +169,7 @@ def _problem(f, jac, xdata, ydata, sigma, p0, lb, ub, options: Options) -> _Prob
         "2-point" if jac is None else (CurveJacobian(jac, constant, options.col_deriv)
                                        if callable(jac) else jac),
         options.rel_step, tuple(lb.tolist()), tuple(ub.tolist()))
-    theta = jax.ShapeDtypeStruct(p0.shape, jnp.asarray(p0).dtype)
+    theta = jax.ShapeDtypeStruct(p0.shape, dtype_of(p0))
     # what f (and jac) compute, when their code tells it: a new lambda is not traced again
     identity = code_signature((f, jac)) if constant is None else None
     host_model = on_host(fun, derivatives.jac, theta, abstract(operand), identity)

@@ -12,6 +12,7 @@ per point, or a covariance matrix (whitened by its Cholesky factor).
 from __future__ import annotations
 
 import inspect
+import types
 from typing import Any, NamedTuple
 
 import jax
@@ -116,12 +117,8 @@ def start_and_bounds(f, p0, bounds) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def count_params(f, p0) -> int | None:
     """Number of parameters from f's signature (None if it takes *args and p0 is given)."""
-    try:
-        sig = inspect.signature(f)
-    except (TypeError, ValueError):
-        sig = None
-    if sig is not None:
-        kinds = [p.kind for p in sig.parameters.values()]
+    kinds = _parameter_kinds(f)
+    if kinds is not None:
         if inspect.Parameter.VAR_POSITIONAL not in kinds:
             positional = [k for k in kinds if k in (inspect.Parameter.POSITIONAL_ONLY,
                                                     inspect.Parameter.POSITIONAL_OR_KEYWORD)]
@@ -130,6 +127,23 @@ def count_params(f, p0) -> int | None:
     if p0 is None:
         raise ValueError("Unable to determine number of fit parameters.")
     return None
+
+
+def _parameter_kinds(f) -> list | None:
+    """The kinds of f's parameters, as `inspect.signature` gives them (None without one);
+    a plain function's are read off its code (a tenth of the cost)."""
+    if (isinstance(f, types.FunctionType) and not hasattr(f, "__wrapped__")
+            and not hasattr(f, "__signature__")):
+        code = f.__code__
+        kinds = [inspect.Parameter.POSITIONAL_ONLY] * code.co_posonlyargcount + [
+            inspect.Parameter.POSITIONAL_OR_KEYWORD] * (code.co_argcount
+                                                        - code.co_posonlyargcount)
+        return kinds + [inspect.Parameter.VAR_POSITIONAL] * bool(
+            code.co_flags & inspect.CO_VARARGS)
+    try:
+        return [p.kind for p in inspect.signature(f).parameters.values()]
+    except (TypeError, ValueError):
+        return None
 
 
 def initialize_feasible(lb: np.ndarray, ub: np.ndarray) -> np.ndarray:

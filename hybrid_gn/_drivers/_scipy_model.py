@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _host as host
+from .._model import dtype_of
 
 
 class Opaque:
@@ -128,4 +129,4 @@ def jax_values(fun: Callable, derivatives: Derivatives, m: int, on_the_host: boo
 
 def abstract(data: Any) -> Any:
     """The abstract value of `data` (a pytree of arrays, or None)."""
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), data)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), dtype_of(a)), data)
