@@ -72,7 +72,7 @@ def output_shape(fn: Callable, *abstract_args, identity: Hashable | None = None
     """
     if identity is not None:
         leaves, structure = jax.tree.flatten(abstract_args)
-        identity = (identity, structure, tuple((a.shape, str(a.dtype)) for a in leaves))
+        identity = (identity, structure, tuple((a.shape, a.dtype) for a in leaves))
         if identity in _SHAPES:
             return _SHAPES[identity]
     try:

@@ -35,7 +35,7 @@ from ._scipy_model import (
     Opaque,
     abstract,
     jax_values,
-    on_host,
+    traced_output,
 )
 from ._scipy_options import (
     CovarianceWarning,
@@ -172,13 +172,13 @@ def _problem(f, jac, xdata, ydata, sigma, p0, lb, ub, options: Options) -> _Prob
     theta = jax.ShapeDtypeStruct(p0.shape, dtype_of(p0))
     # what f (and jac) compute, when their code tells it: a new lambda is not traced again
     identity = code_signature((f, jac)) if constant is None else None
-    host_model = on_host(fun, derivatives.jac, theta, abstract(operand), identity)
+    traced = traced_output(fun, derivatives.jac, theta, abstract(operand), identity)
+    host_model = traced is None
     if host_model:
         host.warn_host_model("f", stacklevel=3)
         out_shape = np.shape(fun(p0, operand))
     else:
-        out_shape = tuple(host.output_shape(fun, theta, abstract(operand),
-                                            identity=identity).shape)
+        out_shape = tuple(traced.shape)
     curve = data.broadcast(xdata, ydata, sigma, out_shape)
     m = curve.ydata.shape[0]
     if not host_model and not callable(jac) and curve.chol is None and _has_point_axis(

@@ -109,12 +109,20 @@ class Derivatives:
 
 def on_host(fun: Callable, jac: Callable | str, theta: jax.ShapeDtypeStruct,
             data_struct: Any, identity: Hashable | None = None) -> bool:
-    """Whether `fun` (or the user's `jac`) must run on the host: JAX cannot trace it.
+    """Whether `fun` (or the user's `jac`) must run on the host: JAX cannot trace it."""
+    return traced_output(fun, jac, theta, data_struct, identity) is None
+
+
+def traced_output(fun: Callable, jac: Callable | str, theta: jax.ShapeDtypeStruct,
+                  data_struct: Any, identity: Hashable | None = None
+                  ) -> jax.ShapeDtypeStruct | None:
+    """What `fun` returns when JAX can trace it (and the user's `jac`), else None.
     `identity`: a code signature of both, under which the answer is remembered."""
-    return not (host.traceable(fun, theta, data_struct, identity=identity) and (
-        not callable(jac) or host.traceable(jac, theta, data_struct,
-                                            identity=None if identity is None
-                                            else ("jac", identity))))
+    out = host.output_shape(fun, theta, data_struct, identity=identity)
+    if out is None or not callable(jac):
+        return out
+    jac_identity = None if identity is None else ("jac", identity)
+    return out if host.traceable(jac, theta, data_struct, identity=jac_identity) else None
 
 
 def jax_values(fun: Callable, derivatives: Derivatives, m: int, on_the_host: bool) -> Callable:
