@@ -33,6 +33,17 @@ class _Unknown(Exception):
     """A value whose identity cannot be told cheaply: no signature."""
 
 
+MEMO_SIZE = 512  # entries of each memo keyed by code signatures
+
+
+def remember(memo: dict, key: Hashable, value) -> None:
+    """Store `value` under `key` in `memo`, forgetting the oldest entry once it holds
+    `MEMO_SIZE` (a long session of new models must not grow it without bound)."""
+    if len(memo) >= MEMO_SIZE:
+        del memo[next(iter(memo))]
+    memo[key] = value
+
+
 def code_signature(fn) -> Hashable | None:
     """A hashable value equal for two functions that compute the same thing, or None."""
     try:

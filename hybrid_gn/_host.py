@@ -25,6 +25,7 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from . import _finite_difference as finite_difference
+from ._code_signature import remember
 
 # what an abstract trace of a numpy model raises
 UNTRACEABLE = (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError)
@@ -80,9 +81,7 @@ def output_shape(fn: Callable, *abstract_args, identity: Hashable | None = None
     except UNTRACEABLE:
         shape = None
     if identity is not None:
-        if len(_SHAPES) >= 512:
-            del _SHAPES[next(iter(_SHAPES))]
-        _SHAPES[identity] = shape
+        remember(_SHAPES, identity, shape)
     return shape
 
 

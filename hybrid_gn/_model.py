@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
 
-from ._code_signature import code_signature
+from ._code_signature import code_signature, remember
 
 Model = Callable[..., jax.Array]  # model(params, x) or model(params, x, args)
 
@@ -118,15 +118,12 @@ def split(model: Callable, params: PyTree, chunk: PyTree, args: PyTree = None,
     key.fingerprint = fingerprint(closed)
     key.portable = not any(isinstance(c, jax.core.Tracer) for c in closed.consts)
     if memo is not None:
-        if len(_TRACED) >= _MEMO_SIZE:
-            del _TRACED[next(iter(_TRACED))]  # the oldest entry
-        _TRACED[memo] = (key.fingerprint, key.portable, output)
+        remember(_TRACED, memo, (key.fingerprint, key.portable, output))
     return key, arrays, output
 
 
 # what tracing found for a model, by its code signature and the abstract inputs
 _TRACED: dict[Hashable, tuple[str, bool, jax.ShapeDtypeStruct]] = {}
-_MEMO_SIZE = 512
 
 
 def _memo_key(model: Callable, treedef, static: tuple, inputs: PyTree) -> Hashable | None:

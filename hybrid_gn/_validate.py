@@ -116,7 +116,9 @@ def check_stream_arguments(block_size, warmup_chunks, prefetch, checkpoint_every
 def float_dtype(p0: PyTree, y) -> np.dtype:
     """The dtype the fit computes in: float64 or float32 from p0 and y (half precision and
     integers are promoted: float16 cannot hold J^T J of any real problem)."""
-    dtype = jnp.result_type(*jax.tree.leaves(p0), y)
+    dtypes = {_model.dtype_of(a) for a in (*jax.tree.leaves(p0), y)}
+    # one dtype (the usual case) is its own promotion; else JAX's promotion rules
+    dtype = dtypes.pop() if len(dtypes) == 1 else jnp.result_type(*jax.tree.leaves(p0), y)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(dtype, float)
     if jnp.finfo(dtype).bits < 32:
