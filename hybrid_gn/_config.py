@@ -126,6 +126,13 @@ class Config(eqx.Module):
             2**26.
         max_radius_resets: stall recovery: times the radius is reset after collapsing.
             Default: 2.
+        valley_window: every this many Gauss-Newton iterations the fit checks whether it
+            runs along a valley of nearly constant cost (see `valley_rtol`); 0: never.
+            Default: 20.
+        valley_rtol: stop with `Status.VALLEY` when, since the last check, the cost fell
+            by at most this (relative) while the point kept moving, its steps not
+            shrinking as a converging fit's do (see `_phases/_gauss_newton.py`).
+            Default: 1e-3.
         trace_length: per-iteration records kept in `Result.trace`: the first ones (when
             a fit runs longer, the last record holds its latest iteration). Default:
             256.
@@ -208,6 +215,11 @@ class Config(eqx.Module):
     qr_condition: float | None = None  # auto factorization; None: eps^(-1/4) of the dtype
     accept_ratio: float = 1e-4  # accept a step when actual/predicted reduction exceeds this
     max_radius_resets: int = 2  # stall recovery: times the radius is reset after collapsing
+    # every valley_window iterations (0: never): stop (Status.VALLEY) when the cost fell by at
+    # most valley_rtol (relative) since the last check while the point kept moving with steps
+    # that do not shrink: running off along a valley (_phases/_gauss_newton.py)
+    valley_window: int = _static(20)
+    valley_rtol: float = 1e-3
     # above dense_max_params: matrix-free Gauss-Newton (Steihaug-Toint CG on J^T J v products,
     # cg_max_iter per step), no p x p matrix (_phases/_matrix_free.py)
     dense_max_params: int = _static(100)
@@ -286,10 +298,10 @@ def with_tolerances(config: Config, dtype) -> Config:
 _INTS = {"chunk_size": 1, "warmup_linesearch_steps": 1, "warmup_memory": 1, "max_iter": 1,
          "trace_length": 1, "warmup_max_iter": 0, "warmup_min_iter": 0, "plateau_patience": 1,
          "max_radius_resets": 0, "warmup_max_points": None, "dense_max_params": 0,
-         "cg_max_iter": 1, "covariance_max_bytes": 0}
+         "cg_max_iter": 1, "covariance_max_bytes": 0, "valley_window": 0}
 _NON_NEGATIVE = ("ftol", "xtol", "gtol", "warm_start_threshold", "cost_increase_tol",
                  "plateau_rtol", "warmup_gtol", "refine_threshold", "explore_threshold",
-                 "poor_shape_threshold", "poor_loss_threshold")
+                 "poor_shape_threshold", "poor_loss_threshold", "valley_rtol")
 _POSITIVE = ("f_scale", "first_step_refine", "first_step_careful", "first_step_explore",
              "max_update_norm", "grad_clip_norm", "initial_radius", "poor_start_radius")
 

@@ -28,6 +28,9 @@ class Status(enum.IntEnum):
         NONFINITE_START: failed: the cost or Jacobian at the starting point
             is NaN/Inf.
         STALLED: stopped: trust region collapsed without meeting a tolerance.
+        VALLEY: stopped: the parameters run along a valley of nearly constant cost
+            (`Config.valley_window`, `valley_rtol`): a degenerate model there or an
+            unbounded direction; try other starts or bounds.
 
     Examples:
         >>> import hybrid_gn
@@ -45,6 +48,7 @@ class Status(enum.IntEnum):
     MAX_ITERATIONS = 4
     NONFINITE_START = 5
     STALLED = 6
+    VALLEY = 7
 
     @property
     def message(self) -> str:
@@ -65,6 +69,9 @@ _STATUS_MESSAGES = {
     Status.MAX_ITERATIONS: "stopped: Gauss-Newton iteration cap reached",
     Status.NONFINITE_START: "failed: the cost or Jacobian at the starting point is NaN/Inf",
     Status.STALLED: "stopped: trust region collapsed without meeting a tolerance",
+    Status.VALLEY: "stopped: the parameters run along a valley of nearly constant cost (a "
+                   "degenerate model there, or an unbounded direction); try other starts or "
+                   "bounds",
 }
 
 

@@ -393,6 +393,31 @@ def test_nan_trial_is_rejected_and_fit_reaches_closed_form():
     assert np.all(np.isfinite(gn)) and np.all(np.diff(gn) <= ftol * gn[:-1]), gn
 
 
+def test_a_fit_running_off_along_a_valley_stops_as_valley():
+    """a1 e^(-b1 x) + a2 e^(-b2 x) fitted to y = x e^(-x): no minimum exists (x e^(-x) is
+    the limit b2 -> b1 = 1, a1 = -a2 -> inf, by the derivative of e^(-b x) in b), so each
+    step lowers the cost a little and no tolerance is met. The default stops with VALLEY
+    (not a success) long before max_iter, its amplitudes opposite and growing and the rates
+    merging; with valley_window = 0 the same fit runs to the cap, lower in cost by less than
+    1 %: the stop lost nothing the data can tell."""
+    x = np.linspace(0.0, 6.0, 80)
+    y = x * np.exp(-x) + 1e-3 * np.cos(7 * x)
+
+    def model(p, x):
+        return p[0] * jnp.exp(-p[1] * x) + p[2] * jnp.exp(-p[3] * x)
+
+    p0 = jnp.array([1.0, 0.8, -1.0, 1.2])
+    out = hybrid_gn.fit(model, p0, x, y)
+    assert int(out.status) == Status.VALLEY and not Status(int(out.status)).success
+    assert int(out.gn_iterations) <= 300
+    a1, b1, a2, b2 = np.asarray(out.params)
+    assert a1 > 10 and abs(a1 + a2) < 1e-2 * a1 and abs(b1 - b2) < 0.1
+    capped = hybrid_gn.fit(model, p0, x, y, config=hybrid_gn.Config(valley_window=0,
+                                                                      max_iter=400))
+    assert int(capped.status) == Status.MAX_ITERATIONS
+    assert 0 <= float(out.cost) - float(capped.cost) < 1e-2 * float(capped.cost)
+
+
 # --------------------------------------------------------------------------------------------
 # 7. bad input
 # --------------------------------------------------------------------------------------------

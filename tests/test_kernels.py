@@ -488,13 +488,19 @@ def model(qtr, cost, factor=None) -> accumulate.Linearization:
 CURRENT = model([1.0, 0.0], 1.0)
 
 
-def state(started=True, radius=1.0, iteration=1, resets=0, current=CURRENT, u=U):
-    """A Gauss-Newton state at `u` with the model `current`, dtypes as `init` makes them."""
+def state(started=True, radius=1.0, iteration=1, resets=0, current=CURRENT, u=U,
+          anchor=(U, 1.0, np.inf)):
+    """A Gauss-Newton state at `u` with the model `current`, dtypes as `init` makes them;
+    `anchor`: the point, cost and move of the last valley check."""
+    anchor_u, anchor_cost, anchor_step = anchor
     return gauss_newton.GaussNewtonState(
         u=jnp.asarray(u, jnp.float64), model=current, use_qr=jnp.asarray(False),
         radius=jnp.asarray(radius, jnp.float64), iteration=jnp.asarray(iteration, jnp.int64),
         resets=jnp.asarray(resets, jnp.int64), started=jnp.asarray(started),
-        status=jnp.asarray(Status.RUNNING, jnp.int64))
+        status=jnp.asarray(Status.RUNNING, jnp.int64),
+        anchor_u=jnp.asarray(anchor_u, jnp.float64),
+        anchor_cost=jnp.asarray(anchor_cost, jnp.float64),
+        anchor_step=jnp.asarray(anchor_step, jnp.float64))
 
 
 def proposal(trial, predicted) -> gauss_newton.Proposal:
@@ -680,11 +686,43 @@ def test_conclude_max_iterations():
     assert int(first.status) == Status.RUNNING and int(first.iteration) == 0
 
 
+def test_conclude_valley():
+    """VALLEY: at a check (every valley_window = 4 iterations here), a cost that fell by at
+    most valley_rtol (1e-3) since the last check while the point kept moving (more than 1e-3
+    of its norm, at least half as far as in the window before) stops the fit, its step
+    taken. The same slow fall runs on when the point barely moved, when its move shrank
+    to below half the previous one (a converging fit), when the fall is larger, between
+    checks, and at the first check (no previous move). A check moves the anchor."""
+    cfg = config.with_tolerances(config.Config(ftol=1e-12, max_iter=100, valley_window=4),
+                                 jnp.float64)
+    good = (step_along_gradient(0.5), model([0.5, 0.0], 0.625))  # to U - (0.5, 0), cost 0.625
+    far = U + [3.0, 0.0]  # 3.5 from the new point
+    out = conclude(state(iteration=3, anchor=(far, 0.6255, 3.0)), *good, cfg=cfg)
+    assert int(out.status) == Status.VALLEY and not bool(out.running)
+    np.testing.assert_array_equal(np.asarray(out.u), U - [0.5, 0])
+    for anchor, iteration in (((U - [0.5, 1e-4], 0.6255, 3.0), 3),  # barely moved
+                              ((far, 0.6255, 8.0), 3),  # moved 3.5 after 8: shrinking
+                              ((far, 0.7, 3.0), 3),  # fell by 0.075 > 1e-3 * 0.7
+                              ((far, 0.6255, 3.0), 2),  # not a check
+                              ((far, 0.6255, np.inf), 3)):  # the first check
+        out = conclude(state(iteration=iteration, anchor=anchor), *good, cfg=cfg)
+        assert int(out.status) == Status.RUNNING, (anchor, iteration)
+    at_check = conclude(state(iteration=3, anchor=(far, 0.7, 3.0)), *good, cfg=cfg)
+    np.testing.assert_array_equal(np.asarray(at_check.anchor_u), U - [0.5, 0])
+    assert float(at_check.anchor_cost) == 0.625 and float(at_check.anchor_step) == 3.5
+    between = conclude(state(iteration=2, anchor=(far, 0.7, 3.0)), *good, cfg=cfg)
+    assert float(between.anchor_cost) == 0.7 and float(between.anchor_step) == 3.0
+    never = config.with_tolerances(config.Config(ftol=1e-12, max_iter=100, valley_window=0),
+                                   jnp.float64)
+    out = conclude(state(iteration=3, anchor=(far, 0.6255, 3.0)), *good, cfg=never)
+    assert int(out.status) == Status.RUNNING
+
+
 def test_every_status_is_reached():
     """The designed cases above cover every member of Status (a guard for new members)."""
     covered = {Status.RUNNING, Status.NONFINITE_START, Status.CONVERGED_GTOL,
                Status.CONVERGED_FTOL, Status.CONVERGED_XTOL, Status.STALLED,
-               Status.MAX_ITERATIONS}
+               Status.MAX_ITERATIONS, Status.VALLEY}
     assert covered == set(Status)
 
 

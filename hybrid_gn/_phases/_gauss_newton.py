@@ -29,6 +29,17 @@ start keeps `initial_radius` and pays nothing. Growing the small region
 faster (x4), or keeping it for one step only, lost much or all of the gain.
 Running the L-BFGS warmup from such starts helped less on the same problems,
 and would compile a warmup loop into every fit of small data.
+
+A fit can also run off along a valley with no minimum in reach: two peaks
+merging into one with amplitudes of opposite sign growing without bound, a
+rate running to zero. Each step lowers the cost a little, so no tolerance is
+ever met, and the fit would run to `max_iter` (under `jax.vmap`, holding back
+every problem of the batch). Every `valley_window` iterations the fit
+compares itself with the last check: when the cost fell by at most
+`valley_rtol` (relative) while the point kept moving (by more than 1e-3 of
+its norm, and at least half as far as in the window before), it stops with
+`Status.VALLEY` (not a success). A converging fit that slow takes steps that
+shrink from window to window, so it is not stopped.
 """
 
 from __future__ import annotations
@@ -45,6 +56,10 @@ from ._accumulate import Linearization
 from ._linalg import trust_region_step
 
 Model = Linearization | _matrix_free.GradientModel  # the latter above Config.dense_max_params
+# a fit in a valley moves per window by more than VALLEY_MOVE of its norm, and by at least
+# VALLEY_SHRINK of what it moved in the window before
+VALLEY_MOVE = 1e-3
+VALLEY_SHRINK = 0.5
 
 
 class GaussNewtonState(eqx.Module):
@@ -56,6 +71,11 @@ class GaussNewtonState(eqx.Module):
     resets: Int[Array, ""]
     started: Bool[Array, ""]
     status: Int[Array, ""]
+    # at the last valley check (every Config.valley_window iterations): the point, the cost
+    # and how far the point had moved since the check before (inf before the first)
+    anchor_u: Float[Array, " p"]
+    anchor_cost: Float[Array, ""]
+    anchor_step: Float[Array, ""]
 
     @property
     def running(self):
@@ -74,7 +94,9 @@ def init(u0: Float[Array, " p"], poor, config: Config) -> GaussNewtonState:
     return GaussNewtonState(u=u0, model=model, use_qr=jnp.asarray(use_qr),
                             radius=first_radius(u0, poor, config),
                             iteration=jnp.asarray(0), resets=jnp.asarray(0),
-                            started=jnp.asarray(False), status=jnp.asarray(Status.RUNNING))
+                            started=jnp.asarray(False), status=jnp.asarray(Status.RUNNING),
+                            anchor_u=u0, anchor_cost=zero, anchor_step=jnp.asarray(
+                                jnp.inf, u0.dtype))
 
 
 def free_variables(u, gradient, lower, upper) -> Bool[Array, " p"]:
@@ -189,11 +211,13 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upp
     recover = stalled & (state.resets < config.max_radius_resets)
     iteration = state.iteration + state.started.astype(state.iteration.dtype)
 
+    at_check, in_valley, moved = _valley_check(state, iteration, u_next, eq_next.cost, config)
+
     status = jnp.select(
-        [~state.started & ~new.finite, gtol_ok, ftol_ok, recover, stalled, xtol_ok,
+        [~state.started & ~new.finite, gtol_ok, ftol_ok, recover, stalled, xtol_ok, in_valley,
          iteration >= config.max_iter],
         [Status.NONFINITE_START, Status.CONVERGED_GTOL, Status.CONVERGED_FTOL, Status.RUNNING,
-         Status.STALLED, Status.CONVERGED_XTOL, Status.MAX_ITERATIONS],
+         Status.STALLED, Status.CONVERGED_XTOL, Status.VALLEY, Status.MAX_ITERATIONS],
         Status.RUNNING).astype(state.status.dtype)
 
     radius = jnp.where(recover, _initial_radius(u_next, config), radius)
@@ -203,5 +227,26 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upp
             ill_conditioned(new, config.qr_condition))
     return GaussNewtonState(u=u_next, model=eq_next, use_qr=use_qr, radius=radius,
                             iteration=iteration, resets=state.resets + recover,
-                            started=jnp.asarray(True), status=status)
+                            started=jnp.asarray(True), status=status,
+                            anchor_u=jnp.where(at_check, u_next, state.anchor_u),
+                            anchor_cost=jnp.where(at_check, eq_next.cost, state.anchor_cost),
+                            anchor_step=jnp.where(at_check, moved, state.anchor_step))
 
+
+def _valley_check(state: GaussNewtonState, iteration, u_next, cost, config: Config):
+    """`(at_check, in_valley, moved)`: whether this iteration is a valley check (every
+    `valley_window` iterations from the start); whether the fit runs along a valley: since
+    the last check the cost fell by at most `valley_rtol` (relative) while the point moved
+    by more than `VALLEY_MOVE` of its norm, and by at least `VALLEY_SHRINK` of what it
+    moved in the window before (a converging fit's steps shrink; these do not); and how
+    far it moved. See the module docstring."""
+    moved = jnp.linalg.norm(u_next - state.anchor_u)
+    window = config.valley_window
+    if window == 0:  # static: never
+        return jnp.asarray(False), jnp.asarray(False), moved
+    at_check = iteration % window == 0
+    slow = state.anchor_cost - cost <= config.valley_rtol * state.anchor_cost
+    moving = moved > VALLEY_MOVE * jnp.maximum(jnp.linalg.norm(state.anchor_u), 1)
+    steady = moved >= VALLEY_SHRINK * state.anchor_step
+    in_valley = state.started & at_check & (iteration > 0) & slow & moving & steady
+    return at_check, in_valley, moved
