@@ -26,7 +26,11 @@ for unbounded problems is 'lm'). Costs are 0.5 * sum of squared residuals,
 recomputed here from each method's parameters. Reported per method: how many
 starts reach the best cost any method found for the family (within `RTOL`),
 how many end worse / better than scipy trf from the same start (beyond
-`RTOL`), and the warm wall time per fit (median, min–max over the starts). Each
+`RTOL`; "worse" counts the fits that stopped at a point they report as
+converged), how many stopped as running off along a valley (`Status.VALLEY`:
+no minimum in reach, where trf crawls on until its ftol stops it; how many of
+those ended above trf's cost, and by how much), and the warm wall time per fit
+(median, min–max over the starts). Each
 (family, method) runs in its own subprocess (`harness.in_subprocess`; one past
 --timeout is reported as timed out).
 """
@@ -172,8 +176,8 @@ def scipy_curve_fit(model, x, y, p0):
 
 
 def hybrid(config_kwargs: dict):
-    """A solver running `hybrid_gn.fit` with Config(**config_kwargs); also returns the
-    warmup reason of each fit."""
+    """A solver running `hybrid_gn.fit` with Config(**config_kwargs); also records the
+    warmup reason and the status of each fit."""
     import jax.numpy as jnp
 
     import hybrid_gn
@@ -186,9 +190,10 @@ def hybrid(config_kwargs: dict):
         result = hybrid_gn.fit(jmodel, jnp.asarray(p0), jnp.asarray(x), jnp.asarray(y),
                                config=config)
         solve.reasons.append(hybrid_gn.WarmupReason(int(result.warmup_reason)).name)
+        solve.statuses.append(hybrid_gn.Status(int(result.status)).name)
         return np.asarray(result.params)
 
-    solve.reasons = []
+    solve.reasons, solve.statuses = [], []
     return solve
 
 
@@ -197,6 +202,7 @@ def run_method(solve, model, x, y, starts) -> tuple[list[float], list[float]]:
     harness.timed_calls(lambda: solve(model, x, y, starts[0]))
     if hasattr(solve, "reasons"):
         solve.reasons.clear()
+        solve.statuses.clear()
     costs, times = [], []
     for p0 in starts:
         call = harness.timed_calls(lambda p0=p0: solve(model, x, y, p0))
@@ -209,7 +215,7 @@ def measure(name: str, n_starts: int, method: str, config_kwargs: dict) -> dict:
     """One method on one family in this process: `method` is 'scipy trf', 'scipy
     curve_fit (lm)' or a hybrid_gn variant run with Config(**config_kwargs)."""
     model, x, y, starts = family(name, n_starts)
-    reasons = ""
+    reasons, valley = "", [False] * n_starts
     if method == "scipy trf":
         solve = scipy_trf
     elif method == "scipy curve_fit (lm)":
@@ -219,7 +225,8 @@ def measure(name: str, n_starts: int, method: str, config_kwargs: dict) -> dict:
     costs, times = run_method(solve, model, x, y, starts)
     if hasattr(solve, "reasons"):
         reasons = _counts(solve.reasons)
-    return {"costs": costs, "times": times, "reasons": reasons}
+        valley = [status == "VALLEY" for status in solve.statuses]
+    return {"costs": costs, "times": times, "reasons": reasons, "valley": valley}
 
 
 def parse_config(text: str) -> tuple[str, dict]:
@@ -252,7 +259,7 @@ def main() -> None:
     if not args.no_scipy_lm:
         variants.append(("scipy curve_fit (lm)", {}))
     header = ["family", "method", "reach best", "worse than trf", "better than trf",
-              "warm s / fit", "warmup reasons"]
+              "valley stops (above trf, by at most)", "warm s / fit", "warmup reasons"]
     table = []
     for name in args.families.split(","):
         runs = {label: harness.in_subprocess(measure, name, args.starts, label, kwargs,
@@ -263,18 +270,33 @@ def main() -> None:
         ref = done.get("scipy trf")
         for label, out in runs.items():
             if not out.ok:
-                table.append([name, label, out.describe(), None, None, None, None])
+                table.append([name, label, out.describe(), None, None, None, None, None])
             else:
-                costs = done[label]
+                costs, valley = done[label], np.array(out.value["valley"])
                 reach = int(np.sum(costs <= best * (1 + RTOL)))
-                worse = int(np.sum(costs > ref * (1 + RTOL))) if ref is not None else None
+                above = costs > ref * (1 + RTOL) if ref is not None else valley & False
+                worse = int(np.sum(above & ~valley)) if ref is not None else None
                 better = int(np.sum(costs < ref * (1 - RTOL))) if ref is not None else None
                 table.append([name, label, f"{reach}/{len(costs)}", worse, better,
+                              _valley_stops(valley, above, costs, ref),
                               harness.Stats.of(out.value["times"]).text(".4f"),
                               out.value["reasons"]])
             print("  " + " | ".join(map(str, table[-1])), flush=True)
     print()
     print(harness.markdown_table(header, table))
+
+
+def _valley_stops(valley: np.ndarray, above: np.ndarray, costs: np.ndarray, ref) -> str:
+    """How many fits stopped as running off along a valley (`Status.VALLEY`), how many of
+    them ended above scipy trf's cost (trf crawls further along the same valley before
+    its ftol stops it: neither is a minimum), and by how much at most (relative)."""
+    if not np.any(valley):
+        return "0"
+    n_above = int(np.sum(valley & above))
+    if ref is None or n_above == 0:
+        return f"{int(np.sum(valley))} (0)"
+    gap = np.max((costs - ref)[valley & above] / ref[valley & above])
+    return f"{int(np.sum(valley))} ({n_above}, {gap:.1e})"
 
 
 def _counts(names: list[str]) -> str:
