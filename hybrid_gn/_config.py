@@ -131,8 +131,8 @@ class Config(eqx.Module):
             Default: 20.
         valley_rtol: stop with `Status.VALLEY` when, since the last check, the cost fell
             by at most this (relative) while the point kept moving, its steps not
-            shrinking as a converging fit's do (see `_phases/_gauss_newton.py`).
-            Default: 1e-3.
+            shrinking as a converging fit's do, two checks in a row (see
+            `_phases/_gauss_newton.py`). Default: 1e-5.
         trace_length: per-iteration records kept in `Result.trace`: the first ones (when
             a fit runs longer, the last record holds its latest iteration). Default:
             256.
@@ -219,7 +219,7 @@ class Config(eqx.Module):
     # most valley_rtol (relative) since the last check while the point kept moving with steps
     # that do not shrink: running off along a valley (_phases/_gauss_newton.py)
     valley_window: int = _static(20)
-    valley_rtol: float = 1e-3
+    valley_rtol: float = 1e-5
     # above dense_max_params: matrix-free Gauss-Newton (Steihaug-Toint CG on J^T J v products,
     # cg_max_iter per step), no p x p matrix (_phases/_matrix_free.py)
     dense_max_params: int = _static(100)

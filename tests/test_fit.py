@@ -398,10 +398,10 @@ def test_a_fit_running_off_along_a_valley_stops_as_valley():
     the limit b2 -> b1 = 1, a1 = -a2 -> inf, by the derivative of e^(-b x) in b), so each
     step lowers the cost a little and no tolerance is met. The default stops with VALLEY
     (not a success) long before max_iter, its amplitudes opposite and growing and the rates
-    merging; with valley_window = 0 the same fit runs to the cap, lower in cost by less than
-    1 %: the stop lost nothing the data can tell."""
+    merging; with valley_window = 0 the same fit runs to the cap of 400, lower in cost by
+    less than 1e-4 (relative): the stop lost nothing the data can tell."""
     x = np.linspace(0.0, 6.0, 80)
-    y = x * np.exp(-x) + 1e-3 * np.cos(7 * x)
+    y = x * np.exp(-x) + 0.1 * np.cos(7 * x)
 
     def model(p, x):
         return p[0] * jnp.exp(-p[1] * x) + p[2] * jnp.exp(-p[3] * x)
@@ -415,7 +415,7 @@ def test_a_fit_running_off_along_a_valley_stops_as_valley():
     capped = hybrid_gn.fit(model, p0, x, y, config=hybrid_gn.Config(valley_window=0,
                                                                       max_iter=400))
     assert int(capped.status) == Status.MAX_ITERATIONS
-    assert 0 <= float(out.cost) - float(capped.cost) < 1e-2 * float(capped.cost)
+    assert 0 <= float(out.cost) - float(capped.cost) < 1e-4 * float(capped.cost)
 
 
 # --------------------------------------------------------------------------------------------

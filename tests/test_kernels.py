@@ -489,10 +489,10 @@ CURRENT = model([1.0, 0.0], 1.0)
 
 
 def state(started=True, radius=1.0, iteration=1, resets=0, current=CURRENT, u=U,
-          anchor=(U, 1.0, np.inf)):
+          anchor=(U, 1.0, np.inf, False)):
     """A Gauss-Newton state at `u` with the model `current`, dtypes as `init` makes them;
-    `anchor`: the point, cost and move of the last valley check."""
-    anchor_u, anchor_cost, anchor_step = anchor
+    `anchor`: the point, cost, move and verdict of the last valley check."""
+    anchor_u, anchor_cost, anchor_step, anchor_suspect = anchor
     return gauss_newton.GaussNewtonState(
         u=jnp.asarray(u, jnp.float64), model=current, use_qr=jnp.asarray(False),
         radius=jnp.asarray(radius, jnp.float64), iteration=jnp.asarray(iteration, jnp.int64),
@@ -500,7 +500,8 @@ def state(started=True, radius=1.0, iteration=1, resets=0, current=CURRENT, u=U,
         status=jnp.asarray(Status.RUNNING, jnp.int64),
         anchor_u=jnp.asarray(anchor_u, jnp.float64),
         anchor_cost=jnp.asarray(anchor_cost, jnp.float64),
-        anchor_step=jnp.asarray(anchor_step, jnp.float64))
+        anchor_step=jnp.asarray(anchor_step, jnp.float64),
+        anchor_suspect=jnp.asarray(anchor_suspect))
 
 
 def proposal(trial, predicted) -> gauss_newton.Proposal:
@@ -687,34 +688,38 @@ def test_conclude_max_iterations():
 
 
 def test_conclude_valley():
-    """VALLEY: at a check (every valley_window = 4 iterations here), a cost that fell by at
-    most valley_rtol (1e-3) since the last check while the point kept moving (more than 1e-3
-    of its norm, at least half as far as in the window before) stops the fit, its step
-    taken. The same slow fall runs on when the point barely moved, when its move shrank
-    to below half the previous one (a converging fit), when the fall is larger, between
-    checks, and at the first check (no previous move). A check moves the anchor."""
-    cfg = config.with_tolerances(config.Config(ftol=1e-12, max_iter=100, valley_window=4),
-                                 jnp.float64)
+    """VALLEY: at a check (every valley_window = 4 iterations here), a window in which the
+    cost fell by at most valley_rtol (1e-3 here) while the point moved outward (by more
+    than 1e-2 of its norm, at least half as far as in the window before, its norm growing
+    by half the move) is suspect; the second suspect window in a row stops the fit, its
+    step taken. A first suspect window, a point that barely moved, a move that shrank to
+    below half the previous one (a converging fit), a move across rather than outward, a
+    larger fall, an iteration between checks: all run on. A check moves the anchor."""
+    cfg = config.with_tolerances(config.Config(ftol=1e-12, max_iter=100, valley_window=4,
+                                               valley_rtol=1e-3), jnp.float64)
     good = (step_along_gradient(0.5), model([0.5, 0.0], 0.625))  # to U - (0.5, 0), cost 0.625
-    far = U + [3.0, 0.0]  # 3.5 from the new point
-    out = conclude(state(iteration=3, anchor=(far, 0.6255, 3.0)), *good, cfg=cfg)
+    inner = U * 0.2  # |inner| = 0.45; the new point is 1.6 away and 1.6 farther out
+    out = conclude(state(iteration=3, anchor=(inner, 0.6255, 1.6, True)), *good, cfg=cfg)
     assert int(out.status) == Status.VALLEY and not bool(out.running)
     np.testing.assert_array_equal(np.asarray(out.u), U - [0.5, 0])
-    for anchor, iteration in (((U - [0.5, 1e-4], 0.6255, 3.0), 3),  # barely moved
-                              ((far, 0.6255, 8.0), 3),  # moved 3.5 after 8: shrinking
-                              ((far, 0.7, 3.0), 3),  # fell by 0.075 > 1e-3 * 0.7
-                              ((far, 0.6255, 3.0), 2),  # not a check
-                              ((far, 0.6255, np.inf), 3)):  # the first check
+    across = np.array([-0.5, -2.0])  # as far from the origin as the new point: not outward
+    for anchor, iteration in (((inner, 0.6255, 1.6, False), 3),  # the first suspect window
+                              ((U - [0.5, 1e-4], 0.6255, 1.6, True), 3),  # barely moved
+                              ((inner, 0.6255, 8.0, True), 3),  # moved 1.6 after 8: shrinking
+                              ((across, 0.6255, 1.6, True), 3),  # across
+                              ((inner, 0.7, 1.6, True), 3),  # fell by 0.075 > 1e-3 * 0.7
+                              ((inner, 0.6255, 1.6, True), 2)):  # not a check
         out = conclude(state(iteration=iteration, anchor=anchor), *good, cfg=cfg)
         assert int(out.status) == Status.RUNNING, (anchor, iteration)
-    at_check = conclude(state(iteration=3, anchor=(far, 0.7, 3.0)), *good, cfg=cfg)
-    np.testing.assert_array_equal(np.asarray(at_check.anchor_u), U - [0.5, 0])
-    assert float(at_check.anchor_cost) == 0.625 and float(at_check.anchor_step) == 3.5
-    between = conclude(state(iteration=2, anchor=(far, 0.7, 3.0)), *good, cfg=cfg)
-    assert float(between.anchor_cost) == 0.7 and float(between.anchor_step) == 3.0
-    never = config.with_tolerances(config.Config(ftol=1e-12, max_iter=100, valley_window=0),
-                                   jnp.float64)
-    out = conclude(state(iteration=3, anchor=(far, 0.6255, 3.0)), *good, cfg=never)
+    first = conclude(state(iteration=3, anchor=(inner, 0.6255, 1.6, False)), *good, cfg=cfg)
+    np.testing.assert_array_equal(np.asarray(first.anchor_u), U - [0.5, 0])
+    assert float(first.anchor_cost) == 0.625 and bool(first.anchor_suspect)
+    np.testing.assert_allclose(float(first.anchor_step), np.linalg.norm(U - [0.5, 0] - inner))
+    between = conclude(state(iteration=2, anchor=(inner, 0.7, 1.6, True)), *good, cfg=cfg)
+    assert float(between.anchor_cost) == 0.7 and float(between.anchor_step) == 1.6
+    never = config.with_tolerances(config.Config(ftol=1e-12, max_iter=100, valley_window=0,
+                                                 valley_rtol=1e-3), jnp.float64)
+    out = conclude(state(iteration=3, anchor=(inner, 0.6255, 1.6, True)), *good, cfg=never)
     assert int(out.status) == Status.RUNNING
 
 

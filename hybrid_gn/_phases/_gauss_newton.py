@@ -36,10 +36,13 @@ rate running to zero. Each step lowers the cost a little, so no tolerance is
 ever met, and the fit would run to `max_iter` (under `jax.vmap`, holding back
 every problem of the batch). Every `valley_window` iterations the fit
 compares itself with the last check: when the cost fell by at most
-`valley_rtol` (relative) while the point kept moving (by more than 1e-3 of
-its norm, and at least half as far as in the window before), it stops with
-`Status.VALLEY` (not a success). A converging fit that slow takes steps that
-shrink from window to window, so it is not stopped.
+`valley_rtol` (relative) while the point kept moving outward (by more than
+1e-2 of its norm, at least half as far as in the window before, its norm
+growing by at least half the move), and the window before looked the same,
+it stops with `Status.VALLEY` (not a success). A converging fit that slow
+takes steps that shrink from window to window, and a peak that walks slowly
+across the data to a better place does not head off to infinity, so neither
+is stopped.
 """
 
 from __future__ import annotations
@@ -56,10 +59,12 @@ from ._accumulate import Linearization
 from ._linalg import trust_region_step
 
 Model = Linearization | _matrix_free.GradientModel  # the latter above Config.dense_max_params
-# a fit in a valley moves per window by more than VALLEY_MOVE of its norm, and by at least
-# VALLEY_SHRINK of what it moved in the window before
-VALLEY_MOVE = 1e-3
+# a fit in a valley moves per window by more than VALLEY_MOVE of its norm, by at least
+# VALLEY_SHRINK of what it moved in the window before, and mostly outward: its norm grows
+# by at least VALLEY_OUTWARD of the move
+VALLEY_MOVE = 1e-2
 VALLEY_SHRINK = 0.5
+VALLEY_OUTWARD = 0.5
 
 
 class GaussNewtonState(eqx.Module):
@@ -76,6 +81,7 @@ class GaussNewtonState(eqx.Module):
     anchor_u: Float[Array, " p"]
     anchor_cost: Float[Array, ""]
     anchor_step: Float[Array, ""]
+    anchor_suspect: Bool[Array, ""]  # the window before that check looked like a valley
 
     @property
     def running(self):
@@ -96,7 +102,7 @@ def init(u0: Float[Array, " p"], poor, config: Config) -> GaussNewtonState:
                             iteration=jnp.asarray(0), resets=jnp.asarray(0),
                             started=jnp.asarray(False), status=jnp.asarray(Status.RUNNING),
                             anchor_u=u0, anchor_cost=zero, anchor_step=jnp.asarray(
-                                jnp.inf, u0.dtype))
+                                jnp.inf, u0.dtype), anchor_suspect=jnp.asarray(False))
 
 
 def free_variables(u, gradient, lower, upper) -> Bool[Array, " p"]:
@@ -211,7 +217,8 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upp
     recover = stalled & (state.resets < config.max_radius_resets)
     iteration = state.iteration + state.started.astype(state.iteration.dtype)
 
-    at_check, in_valley, moved = _valley_check(state, iteration, u_next, eq_next.cost, config)
+    at_check, suspect, moved = _valley_check(state, iteration, u_next, eq_next.cost, config)
+    in_valley = suspect & state.anchor_suspect  # two windows in a row
 
     status = jnp.select(
         [~state.started & ~new.finite, gtol_ok, ftol_ok, recover, stalled, xtol_ok, in_valley,
@@ -230,23 +237,27 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upp
                             started=jnp.asarray(True), status=status,
                             anchor_u=jnp.where(at_check, u_next, state.anchor_u),
                             anchor_cost=jnp.where(at_check, eq_next.cost, state.anchor_cost),
-                            anchor_step=jnp.where(at_check, moved, state.anchor_step))
+                            anchor_step=jnp.where(at_check, moved, state.anchor_step),
+                            anchor_suspect=jnp.where(at_check, suspect, state.anchor_suspect))
 
 
 def _valley_check(state: GaussNewtonState, iteration, u_next, cost, config: Config):
-    """`(at_check, in_valley, moved)`: whether this iteration is a valley check (every
-    `valley_window` iterations from the start); whether the fit runs along a valley: since
+    """`(at_check, suspect, moved)`: whether this iteration is a valley check (every
+    `valley_window` iterations from the start); whether the window looks like a valley: since
     the last check the cost fell by at most `valley_rtol` (relative) while the point moved
-    by more than `VALLEY_MOVE` of its norm, and by at least `VALLEY_SHRINK` of what it
-    moved in the window before (a converging fit's steps shrink; these do not); and how
-    far it moved. See the module docstring."""
+    by more than `VALLEY_MOVE` of its norm, by at least `VALLEY_SHRINK` of what it moved
+    in the window before (a converging fit's steps shrink; these do not), and outward (its
+    norm grew by `VALLEY_OUTWARD` of the move: off to infinity); and how far it moved.
+    See the module docstring."""
     moved = jnp.linalg.norm(u_next - state.anchor_u)
     window = config.valley_window
     if window == 0:  # static: never
         return jnp.asarray(False), jnp.asarray(False), moved
     at_check = iteration % window == 0
     slow = state.anchor_cost - cost <= config.valley_rtol * state.anchor_cost
-    moving = moved > VALLEY_MOVE * jnp.maximum(jnp.linalg.norm(state.anchor_u), 1)
+    size = jnp.linalg.norm(state.anchor_u)
+    moving = moved > VALLEY_MOVE * jnp.maximum(size, 1)
     steady = moved >= VALLEY_SHRINK * state.anchor_step
-    in_valley = state.started & at_check & (iteration > 0) & slow & moving & steady
-    return at_check, in_valley, moved
+    outward = jnp.linalg.norm(u_next) - size >= VALLEY_OUTWARD * moved
+    suspect = state.started & at_check & (iteration > 0) & slow & moving & steady & outward
+    return at_check, suspect, moved
