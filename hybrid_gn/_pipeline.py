@@ -242,50 +242,8 @@ def run(setup: Setup, data: Data, u0: Float[Array, " p"] | None = None) -> Pipel
     """Both phases from `u0` (the problem's start by default), to the end."""
     state = start(setup, u0)
     if setup.warmup_runs:
-        state = _loop(setup.config, warming_up, lambda s: warmup_step(setup, s), state)
-    return _loop(setup.config, running, lambda s: gauss_newton_step(setup, data, s), state)
-
-
-_TRACE_BLOCK = 8  # iterations recorded in a short trace, then copied into the whole one
-
-
-def _loop(config: Config, more: Callable[[PipelineState], Array],
-          step: Callable[[PipelineState], PipelineState], state: PipelineState
-          ) -> PipelineState:
-    """`while more(state): state = step(state)`, the trace written in blocks.
-
-    Under `vmap` a loop's predicate is batched, and each iteration selects
-    every leaf of its carry between the stepped and the finished problems:
-    with the whole trace in the carry that copy (4 x trace_length numbers per
-    problem) cost about as much as the step of a 4-parameter fit. So the steps
-    run in an inner loop of at most _TRACE_BLOCK iterations that records into
-    a short trace, copied into the whole trace after it; the steps, their
-    order and the trace are those of the plain loop. With `config.progress`
-    (whose report numbers the iterations by the trace) the loop is plain.
-    """
-    if config.progress:
-        return jax.lax.while_loop(more, step, state)
-
-    def block(state: PipelineState) -> PipelineState:
-        nan = jnp.full(_TRACE_BLOCK, jnp.nan, state.trace.cost.dtype)
-        short = Trace(nan, nan, nan, jnp.zeros(_TRACE_BLOCK, jnp.int32), jnp.asarray(0))
-        inner = jax.lax.while_loop(lambda s: more(s) & (s.trace.length < _TRACE_BLOCK), step,
-                                   eqx.tree_at(lambda s: s.trace, state, short))
-        return eqx.tree_at(lambda s: s.trace, inner, _append(state.trace, inner.trace))
-
-    return jax.lax.while_loop(more, block, state)
-
-
-def _append(trace: Trace, short: Trace) -> Trace:
-    """`trace` with the `short.length` entries of `short` recorded after its own (each
-    written as `_record` writes it: the last slot holds the latest once it is full)."""
-    fields = [trace.cost, trace.grad_norm, trace.radius, trace.phase]
-    last = trace.cost.shape[0] - 1
-    for i in range(short.cost.shape[0]):
-        k = jnp.minimum(trace.length + i, last)
-        fields = [a.at[k].set(jnp.where(i < short.length, b[i], a[k])) for a, b in zip(
-            fields, (short.cost, short.grad_norm, short.radius, short.phase), strict=True)]
-    return Trace(*fields, trace.length + short.length)
+        state = jax.lax.while_loop(warming_up, lambda s: warmup_step(setup, s), state)
+    return jax.lax.while_loop(running, lambda s: gauss_newton_step(setup, data, s), state)
 
 
 def result(setup: Setup, state: PipelineState, params: PyTree, n_points,
