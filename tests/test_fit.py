@@ -393,6 +393,7 @@ def test_nan_trial_is_rejected_and_fit_reaches_closed_form():
     assert np.all(np.isfinite(gn)) and np.all(np.diff(gn) <= ftol * gn[:-1]), gn
 
 
+@pytest.mark.slow  # the rule's fast proof: tests/test_kernels.py::test_conclude_valley
 def test_a_fit_running_off_along_a_valley_stops_as_valley():
     """a1 e^(-b1 x) + a2 e^(-b2 x) fitted to y = x e^(-x): no minimum exists (x e^(-x) is
     the limit b2 -> b1 = 1, a1 = -a2 -> inf, by the derivative of e^(-b x) in b), so each
