@@ -260,7 +260,7 @@ def check_fit(model: Callable, p0: PyTree, x: PyTree, y, sigma, bounds, check_va
     bound_model, arrays = check_model(model, p0, x, size, args)
     inputs = Inputs(bound_model, p0, x, y, sigma, bounds, (arrays, args), mask)
     if concrete(p0, x, y, sigma, bounds, mask):
-        _check_values(inputs, check_values, config)
+        check_input_values(inputs, check_values, config)
     return inputs
 
 
@@ -289,8 +289,9 @@ def _check_shapes(x, y, sigma, mask, p: int) -> int:
     return n
 
 
-def _check_values(inputs: Inputs, check_values: bool, config: Config) -> None:
-    """The value checks of `_values`, on this one problem (a batch of one)."""
+def check_input_values(inputs: Inputs, check_values: bool, config: Config) -> None:
+    """The value checks of `_values` on this one problem (a batch of one): what `check_fit`
+    checks of concrete inputs besides their types and shapes."""
     _, p0, x, y, sigma, bounds, _, mask = inputs
     dtype = float_dtype(p0, y)
     # numpy, in ravel_pytree's order: eager JAX operations would cost more than a small fit

@@ -242,6 +242,38 @@ def test_a_new_lambda_of_the_same_code_reuses_the_program(reference):
     np.testing.assert_array_equal(again, popt)
 
 
+def test_a_known_curve_fit_model_on_new_values_is_checked_and_fitted_afresh():
+    """A later `curve_fit` call of known code on data of known shapes skips the shape checks
+    and the tracing, not the data or the value checks: new constants, new y and sigma give
+    scipy's answers, and bad values raise what a first call raises."""
+    def model(scale):
+        return lambda x, a, b, c: scale * (a * jnp.exp(-b * x) + c)
+
+    def numpy_model(x, a, b, c):
+        return a * np.exp(-b * x) + c
+
+    sigma = 0.01 + 0.02 * X
+    for scale, y in ((1.0, Y), (1.0, 1.5 * Y + 0.1), (2.0, Y), (2.0, 1.5 * Y + 0.1)):
+        for s in (sigma, 2 * sigma[::-1]):
+            popt, pcov = hybrid_gn.curve_fit(model(scale), X, y, p0=P0, sigma=s)
+            ref, ref_cov = scipy.optimize.curve_fit(numpy_model, X, y / scale, p0=P0,
+                                                    sigma=s / scale)
+            close(popt, ref, 1e-6)
+            close(pcov, ref_cov, 1e-4)
+    bad_y = Y.copy()
+    bad_y[3] = np.nan
+    with pytest.raises(ValueError, match="ydata contains NaN"):
+        hybrid_gn.curve_fit(model(1.0), X, bad_y, p0=P0, sigma=sigma)
+    with pytest.raises(ValueError, match="sigma must be strictly positive"):
+        hybrid_gn.curve_fit(model(1.0), X, Y, p0=P0, sigma=np.where(X > 2, sigma, 0.0))
+    with pytest.raises(TypeError, match="sigma is complex"):
+        hybrid_gn.curve_fit(model(1.0), X, Y, p0=P0, sigma=sigma + 0j)
+    bounds = ([0, 0, -1], [10, 10, 1])
+    hybrid_gn.curve_fit(model(1.0), X, Y, p0=P0, bounds=bounds)
+    with pytest.raises(ValueError, match="infeasible"):
+        hybrid_gn.curve_fit(model(1.0), X, Y, p0=[20.0, 1.0, 0.0], bounds=bounds)
+
+
 def test_closures_over_outer_tracers_compare_by_identity():
     """Under an outer jit a model closing over a traced value is known only by its shape:
     two such closures must not share a program (each fit sees its own value)."""

@@ -104,7 +104,7 @@ def test_jax_model_stays_compiled():
     p0 = np.asarray(case.p0)
 
     def jaxpr(f):
-        problem = _curve_fit._problem(f, None, x, y, None, p0, lb, ub, options)
+        problem = _curve_fit._problem(f, None, x, y, None, p0, lb, ub, options, None)
         call = (lambda p: problem.model(p, problem.x)) if problem.args is None else (
             lambda p: problem.model(p, problem.x, problem.args))
         return str(jax.make_jaxpr(jax.jacfwd(call))(jnp.asarray(p0)))

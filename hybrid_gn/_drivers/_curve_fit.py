@@ -22,11 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _host as host
-from .._code_signature import code_signature
-from .._model import dtype_of
+from .._code_signature import code_signature, remember
+from .._config import Config
+from .._model import Bound, dtype_of
 from .._result import Result, Status
+from .._validate import Inputs, check_fit, check_input_values
 from . import _curve_fit_data as data
-from ._fit import fit
+from ._fit import _fit
 from ._scipy_model import (
     CurveFunction,
     CurveJacobian,
@@ -56,6 +58,22 @@ class _Problem(NamedTuple):
     sigma: np.ndarray | None
     args: Any  # (data, chol) for an IndexedModel, None for a chunked model
     chunk_size: int | None  # None: the configuration's; m when all residuals come at once
+
+
+class _Plan(NamedTuple):
+    """What `check_fit` found of a chunked problem (a traced `f`, x with a point axis),
+    kept for the next call of the same code on data of the same shapes: only the values
+    are then checked, and nothing is traced or flattened again."""
+
+    config: Config  # the call's (the key holds its id: hashing a Config costs ~0.1 ms)
+    model: Bound
+    arrays: list  # the model's arrays (`fit`'s model_args)
+    points: int  # m, the residuals (ydata broadcast against f's output)
+    multi_dim: bool  # xdata has several rows (its point axis is its last)
+
+
+# plans by the code signature of (f, jac) and the shapes and options of the call
+_PLANS: dict[Any, _Plan] = {}
 
 
 def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_finite=None,
@@ -146,14 +164,50 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_
                         f"of data points={ydata.size}")
     options = scipy_options(kwargs, p0.size, method, "curve_fit")
     check_bounds(p0, lb, ub)
-    problem = _problem(f, jac, xdata, ydata, sigma, p0, lb, ub, options)
+    bounds = (lb, ub) if bounded else None
+    # what f (and jac) compute, when their code tells it: a new lambda is not traced again
+    identity = code_signature((f, jac)) if isinstance(xdata, np.ndarray) else None
+    key = _plan_key(identity, xdata, ydata, sigma, p0, bounded, options)
+    plan = None if key is None else _PLANS.get(key)
     config = options.config
-    if problem.chunk_size is not None:
-        config = dataclasses.replace(config, chunk_size=problem.chunk_size)
-    result = fit(problem.model, p0, problem.x, problem.y, sigma=problem.sigma,
-                 bounds=(lb, ub) if bounded else None, args=problem.args,
-                 absolute_sigma=absolute_sigma, check_finite=check_finite, config=config)
+    if plan is None or plan.config is not config:
+        problem = _problem(f, jac, xdata, ydata, sigma, p0, lb, ub, options, identity)
+        if problem.chunk_size is not None:
+            config = dataclasses.replace(config, chunk_size=problem.chunk_size)
+        inputs = check_fit(problem.model, p0, problem.x, problem.y, problem.sigma, bounds,
+                           check_finite, config, problem.args)
+        if key is not None and problem.args is None:
+            remember(_PLANS, key, _Plan(options.config, inputs.model, inputs.model_args[0],
+                                        problem.y.shape[0], xdata.ndim >= 2))
+    else:
+        problem = _planned_problem(plan, f, xdata, ydata, sigma)
+        inputs = Inputs(plan.model, p0, problem.x, problem.y, problem.sigma, bounds,
+                        (plan.arrays, None), None)
+        check_input_values(inputs, check_finite, config)
+    result = _fit(*inputs, absolute_sigma, config)
     return _outputs(problem, result, method, options.verbose, full_output)
+
+
+def _plan_key(identity, xdata, ydata: np.ndarray, sigma, p0: np.ndarray, bounded: bool,
+              options: Options):
+    """The key of a call's `_Plan`, or None when the call has none (an `f` whose code does
+    not identify it, an `xdata` that is not an array, an unhashable option)."""
+    if identity is None:
+        return None
+    key = (identity, xdata.shape, ydata.shape, None if sigma is None else np.shape(sigma),
+           p0.shape, bounded, id(options.config), options[1:], jax.config.jax_enable_x64)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _planned_problem(plan: _Plan, f, xdata: np.ndarray, ydata: np.ndarray, sigma) -> _Problem:
+    """This call's chunked problem, its shapes known from `plan` (sigma's values read)."""
+    curve = data.broadcast(xdata, ydata, sigma, (plan.points,))
+    x = np.moveaxis(xdata, -1, 0) if plan.multi_dim else xdata
+    return _Problem(_chunked_model(f, plan.multi_dim), x, curve.ydata, curve.sigma, None, None)
 
 
 def _check_jac(jac) -> None:
@@ -161,8 +215,9 @@ def _check_jac(jac) -> None:
         raise ValueError("`jac` must be '2-point', '3-point', 'cs' or callable.")
 
 
-def _problem(f, jac, xdata, ydata, sigma, p0, lb, ub, options: Options) -> _Problem:
-    """The model and data handed to `fit`: chunked when it can be, by index otherwise."""
+def _problem(f, jac, xdata, ydata, sigma, p0, lb, ub, options: Options, identity) -> _Problem:
+    """The model and data handed to `fit`: chunked when it can be, by index otherwise
+    (`identity`: the code signature of `(f, jac)`, or None)."""
     operand, constant = (xdata, None) if isinstance(xdata, np.ndarray) else (None, Opaque(xdata))
     fun = CurveFunction(f, constant)
     derivatives = Derivatives(
@@ -170,8 +225,6 @@ def _problem(f, jac, xdata, ydata, sigma, p0, lb, ub, options: Options) -> _Prob
                                        if callable(jac) else jac),
         options.rel_step, tuple(lb.tolist()), tuple(ub.tolist()))
     theta = jax.ShapeDtypeStruct(p0.shape, dtype_of(p0))
-    # what f (and jac) compute, when their code tells it: a new lambda is not traced again
-    identity = code_signature((f, jac)) if constant is None else None
     traced = traced_output(fun, derivatives.jac, theta, abstract(operand), identity)
     host_model = traced is None
     if host_model:

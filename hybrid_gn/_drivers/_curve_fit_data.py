@@ -73,15 +73,17 @@ def _apply_nan_policy(xdata, ydata, sigma, nan_policy):
 
 def broadcast(xdata, ydata: np.ndarray, sigma, out_shape: tuple[int, ...]) -> CurveData:
     """The data against f's output shape: y broadcast to the (m,) residuals, sigma read."""
-    try:
-        shape = np.broadcast_shapes(tuple(out_shape), ydata.shape)
-    except ValueError:
-        shape = None
+    shape = tuple(out_shape)
+    if shape != ydata.shape:  # (np.broadcast_shapes costs more than a small fit's checks)
+        try:
+            shape = np.broadcast_shapes(shape, ydata.shape)
+        except ValueError:
+            shape = None
     if shape is None or len(shape) > 1:
         raise ValueError(f"f(xdata, *p0) - ydata must be one residual per point (1-D): f "
                          f"returned shape {tuple(out_shape)}, ydata has shape {ydata.shape}")
     m = shape[0] if shape else 1
-    ydata = np.broadcast_to(ydata, (m,))
+    ydata = ydata if ydata.shape == (m,) else np.broadcast_to(ydata, (m,))
     if sigma is None:
         return CurveData(xdata, ydata, None, None)
     sigma = np.asarray(real_array("sigma", sigma), float)
