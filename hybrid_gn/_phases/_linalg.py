@@ -114,64 +114,66 @@ def _jacobi_eigen(a):
     return eigval, vt
 
 
-def _round_robin(p: int) -> list[tuple[list[int], list[int]]]:
-    """p - 1 rounds of p/2 disjoint column pairs covering every pair once (p even)."""
-    players = list(range(p))
-    rounds = []
-    for _ in range(p - 1):
-        half = p // 2
-        rounds.append((players[:half], players[half:][::-1]))
-        players = [players[0], players[-1], *players[1:-1]]
-    return rounds
+def _rotation(alpha, beta, gamma, eps):
+    """Cosine and sine of the rotation that makes columns of squared norms alpha, beta and
+    inner product gamma orthogonal, and whether it is made: not (c = 1, s = 0) once
+    |gamma| <= eps sqrt(alpha) sqrt(beta) (relative, so accurate to the conditioning of the
+    matrix, Demmel & Veselic 1992; the product of square roots does not overflow)."""
+    active = jnp.abs(gamma) > eps * jnp.sqrt(alpha) * jnp.sqrt(beta)
+    zeta = (beta - alpha) / (2 * jnp.where(active, gamma, 1))
+    t = jnp.where(zeta >= 0, 1, -1) / (jnp.abs(zeta) + jnp.sqrt(1 + zeta * zeta))
+    t = jnp.where(active & jnp.isfinite(t), t, 0)
+    c = 1 / jnp.sqrt(1 + t * t)
+    return c, c * t, active
 
 
 def _jacobi_svd(a):
-    # One-sided Jacobi in round-robin order: each round rotates p/2 disjoint
-    # column pairs at once with a few array operations, so the program stays
-    # small (fast to compile) and vectorizes under vmap.
-    m, p = a.shape
-    even = p + p % 2
-    eps = jnp.finfo(a.dtype).eps
-    a = jnp.pad(a, ((0, 0), (0, even - p)))  # a zero column never rotates
-    rounds = _round_robin(even)
+    """One-sided (Hestenes) Jacobi in round-robin order, p/2 disjoint pairs at once.
 
-    def rotate(a, v, left, right):
-        inverse = [0] * even
-        for k, column in enumerate(left + right):
-            inverse[column] = k
-        ai, aj = a[:, left], a[:, right]
-        alpha, beta = jnp.sum(ai * ai, axis=0), jnp.sum(aj * aj, axis=0)
-        gamma = jnp.sum(ai * aj, axis=0)
-        active = jnp.abs(gamma) > eps * jnp.sqrt(alpha) * jnp.sqrt(beta)  # no overflow
-        zeta = (beta - alpha) / (2 * jnp.where(active, gamma, 1))
-        t = jnp.where(zeta >= 0, 1, -1) / (jnp.abs(zeta) + jnp.sqrt(1 + zeta * zeta))
-        t = jnp.where(active & jnp.isfinite(t), t, 0)
-        c = 1 / jnp.sqrt(1 + t * t)
-        s = c * t
-        vi, vj = v[:, left], v[:, right]
-        a = jnp.concatenate([c * ai - s * aj, s * ai + c * aj], axis=1)[:, inverse]
-        v = jnp.concatenate([c * vi - s * vj, s * vi + c * vj], axis=1)[:, inverse]
-        return a, v, jnp.any(active)
+    Held as two halves (rows: the columns of a^T): top[k] pairs with bottom[k]; after a
+    round the columns move by the round-robin shift (the first fixed, the others one place
+    round the cycle), made of static slices and concatenations (no
+    gathers, which are slow under `vmap` on CPU: 1.8x faster on 1e4 batched SVDs of 5 x 5
+    and 8 x 8); after p - 1 rounds they are back in place. The program is a few whole-array
+    operations per round, p - 1 rounds per sweep: rotating one column pair at a time (p^2/2
+    rotations per sweep) was faster again but grew the compile of a p = 8 fit ~1.8x.
+    """
+    p = a.shape[1]
+    even = p + p % 2
+    half = even // 2
+    eps = jnp.finfo(a.dtype).eps
+    at = jnp.pad(a.T, ((0, even - p), (0, 0)))  # a zero column never rotates
+    vt = jnp.eye(even, dtype=a.dtype)
+
+    def shift(top, bot):
+        if half == 1:
+            return top, bot
+        return (jnp.concatenate([top[:1], bot[:1], top[1:half - 1]]),
+                jnp.concatenate([bot[1:], top[half - 1:]]))
 
     def sweep(carry):
-        a, v, _, count = carry
+        (top, bot, vtop, vbot), _, count = carry
         rotated = jnp.asarray(False)
-        for left, right in rounds:
-            a, v, any_active = rotate(a, v, left, right)
-            rotated = rotated | any_active
-        return a, v, rotated, count + 1
+        for _ in range(even - 1):
+            c, s, active = _rotation(jnp.sum(top * top, axis=1), jnp.sum(bot * bot, axis=1),
+                                     jnp.sum(top * bot, axis=1), eps)
+            c, s = c[:, None], s[:, None]
+            top, bot = shift(c * top - s * bot, s * top + c * bot)
+            vtop, vbot = shift(c * vtop - s * vbot, s * vtop + c * vbot)
+            rotated = rotated | jnp.any(active)
+        return (top, bot, vtop, vbot), rotated, count + 1
 
-    def more(carry):
-        return carry[2] & (carry[3] < _JACOBI_MAX_SWEEPS)
-
-    start = (a, jnp.eye(even, dtype=a.dtype), jnp.asarray(p > 1), jnp.asarray(0))
-    a, v, _, _ = jax.lax.while_loop(more, sweep, start)
-    a, v = a[:, :p], v[:p, :p]
-    sv = jnp.sqrt(jnp.sum(a * a, axis=0))
+    mats = (at[:half], at[half:][::-1], vt[:half], vt[half:][::-1])
+    (top, bot, vtop, vbot), _, _ = jax.lax.while_loop(
+        lambda c: c[1] & (c[2] < _JACOBI_MAX_SWEEPS), sweep,
+        (mats, jnp.asarray(p > 1), jnp.asarray(0)))
+    at = jnp.concatenate([top, bot[::-1]])[:p]
+    vt = jnp.concatenate([vtop, vbot[::-1]])[:p, :p]
+    sv = jnp.sqrt(jnp.sum(at * at, axis=1))
     order = jnp.argsort(-sv, stable=True)
-    sv, a, v = sv[order], a[:, order], v[:, order]
-    u = a / jnp.where(sv > 0, sv, 1)[None, :]
-    return u, sv, v.T
+    sv, at, vt = sv[order], at[order], vt[order]
+    u = (at / jnp.where(sv > 0, sv, 1)[:, None]).T
+    return u, sv, vt
 
 
 def trust_region_step(
