@@ -11,8 +11,11 @@ start (1, 1, 0). In a fresh subprocess per size (`harness.in_subprocess`):
 - new lambda: calls each with a freshly written lambda of the same code on new data of
   the same size (the program is reused when the function computes the same thing;
   median of 9);
-- warm: further calls with the same function (median of 9);
-- scipy: `scipy.optimize.curve_fit` on the same data, the same start (median of 9).
+- scipy, new lambda: `scipy.optimize.curve_fit` right after each of those calls, on the
+  same new data with a new numpy lambda, the same start (median of 9): the two libraries
+  met the same way, a call now and then between other work;
+- warm: further calls with one function on one dataset, back to back (median of 9), and
+  scipy's the same way (its caches then hold everything its call touches).
 
 Each size runs twice: with JAX's default asynchronous dispatch on the CPU, and with
 `jax_cpu_enable_async_dispatch=False` (set by the environment variable
@@ -55,12 +58,15 @@ def measure(n: int) -> dict:
     hybrid_gn.curve_fit(lambda x, a, b, c: a * jnp.exp(-b * x) + c, x, y, p0=p0)
     first = time.perf_counter() - t
     x2, y2 = _data(n, 1)
-    new_lambda = []
-    for seed in range(2, 2 + REPEATS):
+    new_lambda, scipy_new = [], []
+    for seed in range(2, 2 + REPEATS):  # each call on new data, as a script meets them
         x3, y3 = _data(n, seed)
         t = time.perf_counter()
         hybrid_gn.curve_fit(lambda x, a, b, c: a * jnp.exp(-b * x) + c, x3, y3, p0=p0)
         new_lambda.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        scipy.optimize.curve_fit(lambda x, a, b, c: a * np.exp(-b * x) + c, x3, y3, p0=p0)
+        scipy_new.append(time.perf_counter() - t)
     popt = hybrid_gn.curve_fit(lambda x, a, b, c: a * jnp.exp(-b * x) + c, x2, y2, p0=p0)[0]
 
     def f(x, a, b, c):
@@ -74,7 +80,7 @@ def measure(n: int) -> dict:
                                     REPEATS)
     deviation = float(np.max(np.abs(popt - reference.result[0]) / np.abs(reference.result[0])))
     return {"first": first, "new_lambda": new_lambda, "warm": warm.seconds,
-            "scipy": reference.seconds, "deviation": deviation}
+            "scipy": reference.seconds, "scipy_new": scipy_new, "deviation": deviation}
 
 
 def main() -> None:
@@ -87,20 +93,20 @@ def main() -> None:
         for dispatch, env in DISPATCH.items():
             out = harness.in_subprocess(measure, n, timeout=args.timeout, env=env)
             if not out.ok:
-                rows.append([harness.sci(n), dispatch, out.describe()] + ["–"] * 6)
+                rows.append([harness.sci(n), dispatch, out.describe()] + ["–"] * 8)
                 continue
             v = out.value
-            scipy_s = harness.Stats.of(v["scipy"]).median
-            new_s = harness.Stats.of(v["new_lambda"]).median
-            warm_s = harness.Stats.of(v["warm"]).median
+            scipy_s, scipy_new_s, new_s, warm_s = (harness.Stats.of(v[k]).median for k in (
+                "scipy", "scipy_new", "new_lambda", "warm"))
             rows.append([harness.sci(n), dispatch, f"{v['first']:.2f}",
                          _first_from_cache(n, env, args.timeout), f"{new_s * 1e3:.2f}",
-                         f"{warm_s * 1e3:.2f}", f"{scipy_s * 1e3:.2f}", f"{new_s / scipy_s:.1f}",
+                         f"{scipy_new_s * 1e3:.2f}", f"{new_s / scipy_new_s:.1f}",
+                         f"{warm_s * 1e3:.2f}", f"{scipy_s * 1e3:.2f}", f"{warm_s / scipy_s:.1f}",
                          f"{v['deviation']:.1e}"])
     print(harness.markdown_table(
         ["n", "dispatch", "first call s", "first call, cache on disk s", "new lambda ms",
-         "warm ms", "scipy ms", "new lambda / scipy", "max rel. dev. of popt from scipy"],
-        rows))
+         "scipy, new lambda ms", "new lambda / scipy", "warm ms", "scipy warm ms",
+         "warm / scipy warm", "max rel. dev. of popt from scipy"], rows))
 
 
 def _first_from_cache(n: int, env: dict, timeout: float) -> str:
