@@ -56,7 +56,7 @@ class Config(eqx.Module):
         jacobian: "forward" (p JVPs), "reverse" (chunk VJPs) or "auto". Default: "auto".
         factorization: "qr": streamed QR (accurate to cond(J)); "normal": J^T J
             (cheaper, squares cond(J)); "auto": J^T J until cond(J) exceeds
-            `qr_condition`, streamed QR from then on. Default: "auto".
+            `qr_condition`, streamed QR until it is 8 times below. Default: "auto".
         normalization: "auto" (from the bounds if all are finite, else from p0),
             "bounds", "p0" or "none". Default: "auto".
         warmup: True, False or "auto": only where a warmup iteration is cheaper than a
@@ -162,7 +162,7 @@ class Config(eqx.Module):
     chunk_size: int = _static(8192)  # points per chunk (capped at n); cache-sized is fastest
     jacobian: JacobianMode = _static("auto")  # forward: p JVPs, reverse: chunk VJPs
     # qr: streamed QR (accurate to cond(J)); normal: J^T J (cheaper, squares cond(J));
-    # auto: J^T J until cond(J) exceeds qr_condition, streamed QR from then on
+    # auto: J^T J until cond(J) exceeds qr_condition, streamed QR until 8 times below
     factorization: Factorization = _static("auto")
 
     # --- the objective: 1/2 sum rho(r^2), scipy's robust losses ---

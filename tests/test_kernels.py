@@ -14,6 +14,7 @@ when the modules move).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import equinox as eqx
@@ -26,6 +27,7 @@ from hybrid_gn import _config as config
 from hybrid_gn import _result as result
 from hybrid_gn._drivers import _batch as batch
 from hybrid_gn._phases import _accumulate as accumulate
+from hybrid_gn._phases import _cholesky as cholesky
 from hybrid_gn._phases import _gauss_newton as gauss_newton
 from hybrid_gn._phases import _linalg as linalg
 
@@ -479,9 +481,9 @@ INF = np.full(2, np.inf)
 def model(qtr, cost, factor=None) -> accumulate.Linearization:
     """A Gauss-Newton model ||R s + qtr||^2 / 2 + const; with R = I, the gradient is qtr and
     the gtol measure (the largest cosine) is max |qtr_j| / sqrt(2 cost)."""
-    factor = np.eye(2) if factor is None else factor
-    return accumulate.Linearization(jnp.asarray(factor, jnp.float64),
-                                    jnp.asarray(qtr, jnp.float64), jnp.asarray(cost, jnp.float64))
+    factor = jnp.asarray(np.eye(2) if factor is None else factor, jnp.float64)
+    return accumulate.from_normal_equations(factor.T @ factor, factor.T @ jnp.asarray(qtr),
+                                            jnp.asarray(cost, jnp.float64))
 
 
 # the current model: gradient (1, 0), cost 1, cosine 1 / sqrt(2) > gtol
@@ -818,3 +820,60 @@ def test_float32_covariance_of_a_large_scale_model_matches_float64():
                           jnp.asarray(y, dtype)) for dtype in (np.float32, np.float64)]
     assert all(bool(f.success) for f in fits)
     np.testing.assert_allclose(np.asarray(fits[0].pcov, np.float64), fits[1].pcov, rtol=2e-2)
+
+
+# --------------------------------------------------------------------------------------------
+# 1b. Cholesky factors of the normal equations and the route between J^T J and QR
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [3, 8, 10])  # 10: the LAPACK branch, beyond the unrolled one
+def test_cholesky_factor_of_normal_equations(p):
+    """R is upper triangular with R^T R = J^T J and R^T qtr = J^T r (1e-13 relative), and
+    its condition bound lies between cond(J) and p cond(J); a singular J^T J gets an
+    infinite bound, and `from_normal_equations` then falls back to the eigendecomposition,
+    whose rows are orthogonal and whose R^T R is J^T J again."""
+    rng = np.random.default_rng(p)
+    jac = rng.standard_normal((40, p)) * np.logspace(0, 2, p)
+    res = rng.standard_normal(40)
+    jtj, jtr = jac.T @ jac, jac.T @ res
+    factor, qtr, bound = (np.asarray(a) for a in jax.jit(cholesky.factor_normal_equations)(
+        jnp.asarray(jtj), jnp.asarray(jtr)))
+    assert np.all(np.tril(factor, -1) == 0)
+    np.testing.assert_allclose(factor.T @ factor, jtj, rtol=0, atol=1e-13 * np.abs(jtj).max())
+    np.testing.assert_allclose(factor.T @ qtr, jtr, rtol=0, atol=1e-13 * np.abs(jtr).max())
+    cond = np.linalg.cond(jac)
+    assert cond * (1 - 1e-12) <= bound <= p * cond
+
+    singular = jac.copy()
+    singular[:, 1] = singular[:, 0]
+    jtj = singular.T @ singular
+    _, _, bound = cholesky.factor_normal_equations(jnp.asarray(jtj), jnp.asarray(jtr))
+    assert np.isinf(bound)
+    got = accumulate.from_normal_equations(jnp.asarray(jtj), jnp.asarray(jtr), jnp.asarray(1.0))
+    assert bool(got.orthogonal_rows) and got.condition > 1e6  # cond(J) at rounding level
+    r_mat = np.asarray(got.factor)
+    np.testing.assert_allclose(r_mat.T @ r_mat, jtj, rtol=0, atol=1e-12 * np.abs(jtj).max())
+
+
+def test_route_to_qr_and_back():
+    """"auto" factorization: an accepted model with cond(J) above qr_condition sends the
+    next evaluation to QR, a rejected one does not; on QR the route returns to J^T J only
+    below qr_condition / QR_HYSTERESIS; "qr" and "normal" never move."""
+    limit = CONFIG.qr_condition
+    hysteresis = gauss_newton.QR_HYSTERESIS
+
+    def route(use_qr, condition, accept=True, cfg=CONFIG):
+        new = accumulate.Linearization.triangular(jnp.eye(2), jnp.zeros(2), jnp.asarray(1.0),
+                                                  condition)
+        return bool(gauss_newton.next_route(jnp.asarray(use_qr), new, jnp.asarray(accept),
+                                            cfg))
+
+    assert not route(False, 0.5 * limit) and route(False, 2 * limit)
+    assert not route(False, 2 * limit, accept=False)
+    assert route(True, 0.5 * limit) and route(True, 1.01 * limit / hysteresis)
+    assert not route(True, 0.99 * limit / hysteresis)
+    assert route(True, 0.5 * limit / hysteresis, accept=False)
+    for fixed, use_qr in (("qr", True), ("normal", False)):
+        cfg = dataclasses.replace(CONFIG, factorization=fixed)
+        assert route(use_qr, 0.0, cfg=cfg) == use_qr == route(use_qr, np.inf, cfg=cfg)

@@ -26,12 +26,13 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, Bool, Float, PyTree
 
 from .._config import Factorization, JacobianMode
 from .._control import run_if
 from .._data import Data
 from .._loss import LINEAR, Loss
+from . import _cholesky as cholesky
 from ._linalg import symmetric_eigen
 
 # residual(u, x_chunk, y_chunk, weight_chunk) -> weighted residuals of the chunk
@@ -52,6 +53,16 @@ class Linearization(eqx.Module):
     factor: Float[Array, "p p"]  # R, with R^T R = J^T J
     qtr: Float[Array, " p"]  # with R^T qtr = J^T r
     cost: Float[Array, ""]  # 0.5 * sum of squared weighted residuals
+    # the rows of R are orthogonal (R = sqrt(E) V^T from J^T J = V E V^T): its SVD is at hand
+    orthogonal_rows: Bool[Array, ""]
+    # cond(J), or an upper bound of it (`_cholesky.condition_bound`): picks the QR route and
+    # the trust-region solver
+    condition: Float[Array, ""]
+
+    @classmethod
+    def triangular(cls, factor, qtr, cost, condition=jnp.inf) -> Linearization:
+        """The model from a triangular R (the QR route's, or a placeholder of zeros)."""
+        return cls(factor, qtr, cost, jnp.asarray(False), jnp.asarray(condition, cost.dtype))
 
     @property
     def gradient(self) -> Float[Array, " p"]:
@@ -106,11 +117,11 @@ def linearize(residual: ResidualFn, u, data: Data, mode: JacobianMode,
     `use_qr` (a traced bool) picks the reduction when `factorization` is auto.
     `rows` (a penalty's residual rows) are folded in once, after the reduction.
     """
-    def by(qr: bool):
+    def by(qr: bool, wanted=True):
         def reduce():
             acc = fold_data(residual, u, empty_accumulator(u.shape[0], u.dtype, qr), data, mode,
                             loss)
-            return finish(fold_rows(rows, u, combine(acc, data.axis)))
+            return finish(fold_rows(rows, u, combine(acc, data.axis)), wanted)
         return reduce
 
     if factorization == "qr":
@@ -118,13 +129,13 @@ def linearize(residual: ResidualFn, u, data: Data, mode: JacobianMode,
     if factorization == "normal":
         return by(False)()
     p = u.shape[0]
-    placeholder = Linearization(jnp.zeros((p, p), u.dtype), jnp.zeros(p, u.dtype),
-                                jnp.zeros((), u.dtype))
+    placeholder = Linearization.triangular(jnp.zeros((p, p), u.dtype), jnp.zeros(p, u.dtype),
+                                           jnp.zeros((), u.dtype))
     use_qr = jnp.asarray(use_qr)
     # the normal equations always (nearly every problem needs them; one on the QR route
     # discards them); the QR only when this problem, or under vmap any problem, needs it
     by_qr = run_if(use_qr, by(True), placeholder)
-    by_normal = by(False)()
+    by_normal = by(False, wanted=~use_qr)()
     return jax.tree.map(lambda a, b: jnp.where(use_qr, a, b), by_qr, by_normal)
 
 
@@ -216,20 +227,38 @@ def combine(acc: Accumulator, axis: str | None) -> Accumulator:
     return jax.tree.map(lambda a: jax.lax.psum(a, axis), acc)
 
 
-def finish(acc: Accumulator) -> Linearization:
-    """The Gauss-Newton model from a complete accumulation."""
+def finish(acc: Accumulator, wanted=True) -> Linearization:
+    """The Gauss-Newton model from a complete accumulation (`wanted`: see
+    `from_normal_equations`)."""
     if isinstance(acc, QRAccumulator):
         p = acc.r_aug.shape[0] - 1
-        return Linearization(acc.r_aug[:p, :p], acc.r_aug[:p, p], acc.cost)
-    return from_normal_equations(acc.jtj, acc.jtr, acc.cost)
+        factor = acc.r_aug[:p, :p]
+        return Linearization.triangular(factor, acc.r_aug[:p, p], acc.cost,
+                                        cholesky.condition_bound(factor))
+    return from_normal_equations(acc.jtj, acc.jtr, acc.cost, wanted)
 
 
-def from_normal_equations(jtj, jtr, cost) -> Linearization:
+def from_normal_equations(jtj, jtr, cost, wanted=True) -> Linearization:
+    """The model from J^T J, J^T r: a scaled Cholesky factor where cond(J) is at most
+    `_cholesky.well_conditioned`, else the eigendecomposition (`eigen_model`).
+
+    `wanted` (traced) False: the caller discards this model (a problem on the QR route),
+    so no eigendecomposition is computed for it; under `vmap` one runs for the whole
+    batch only when some problem needs it.
+    """
+    factor, qtr, condition = cholesky.factor_normal_equations(jtj, jtr)
+    fast = condition <= cholesky.well_conditioned(jtj.dtype)
+    by_cholesky = Linearization(factor, qtr, cost, jnp.asarray(False), condition)
+    exact = run_if(jnp.asarray(wanted) & ~fast, lambda: eigen_model(jtj, jtr, cost), by_cholesky)
+    return jax.tree.map(lambda a, b: jnp.where(fast, a, b), by_cholesky, exact)
+
+
+def eigen_model(jtj, jtr, cost) -> Linearization:
     """R = sqrt(E) V^T from the eigendecomposition J^T J = V E V^T.
 
-    Directions whose eigenvalue is at the rounding level of J^T J carry no
-    information; their component of qtr is set to 0. The rows of R are
-    orthogonal, so their norms are the singular values of J.
+    Rank revealing: directions whose eigenvalue is at the rounding level of
+    J^T J carry no information; their component of qtr is set to 0. The rows
+    of R are orthogonal, so their norms are the singular values of J.
     """
     eigval, eigvec_t = symmetric_eigen(jtj)
     eigval = jnp.maximum(eigval, 0)  # rounding can leave a null direction slightly negative
@@ -238,7 +267,10 @@ def from_normal_equations(jtj, jtr, cost) -> Linearization:
     informative = eigval > eps * jtj.shape[0] * jnp.max(eigval)
     proj = jnp.sum(eigvec_t * jtr[None, :], axis=1)
     qtr = jnp.where(informative, proj / jnp.where(informative, s, 1), 0)
-    return Linearization(s[:, None] * eigvec_t, qtr, cost)
+    smallest = jnp.min(s)
+    condition = jnp.where(smallest > 0, jnp.max(s) / jnp.where(smallest > 0, smallest, 1),
+                          jnp.inf)
+    return Linearization(s[:, None] * eigvec_t, qtr, cost, jnp.asarray(True), condition)
 
 
 def cost(residual: ResidualFn, u, data: Data, loss: Loss = LINEAR) -> Float[Array, ""]:

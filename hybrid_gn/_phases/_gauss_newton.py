@@ -56,6 +56,7 @@ from .._config import Config, matrix_free
 from .._result import Status
 from . import _matrix_free
 from ._accumulate import Linearization
+from ._cholesky import accurate_steps
 from ._linalg import trust_region_step
 
 Model = Linearization | _matrix_free.GradientModel  # the latter above Config.dense_max_params
@@ -65,12 +66,13 @@ Model = Linearization | _matrix_free.GradientModel  # the latter above Config.de
 VALLEY_MOVE = 1e-2
 VALLEY_SHRINK = 0.5
 VALLEY_OUTWARD = 0.5
+QR_HYSTERESIS = 8.0  # back from the QR route once cond(J) is this far below qr_condition
 
 
 class GaussNewtonState(eqx.Module):
     u: Float[Array, " p"]
     model: Model  # at u
-    use_qr: Bool[Array, ""]  # evaluate by streamed QR (sticky once cond(J) is large)
+    use_qr: Bool[Array, ""]  # evaluate by streamed QR (`next_route`)
     radius: Float[Array, ""]
     iteration: Int[Array, ""]
     resets: Int[Array, ""]
@@ -95,7 +97,7 @@ def init(u0: Float[Array, " p"], poor, config: Config) -> GaussNewtonState:
     zero = jnp.zeros((), u0.dtype)
     free_of_matrices = matrix_free(config, p)
     model = (_matrix_free.placeholder(p, u0.dtype) if free_of_matrices else
-             Linearization(jnp.zeros((p, p), u0.dtype), jnp.zeros_like(u0), zero))
+             Linearization.triangular(jnp.zeros((p, p), u0.dtype), jnp.zeros_like(u0), zero))
     use_qr = config.factorization == "qr" and not free_of_matrices
     return GaussNewtonState(u=u0, model=model, use_qr=jnp.asarray(use_qr),
                             radius=first_radius(u0, poor, config),
@@ -138,14 +140,22 @@ def rcond(use_qr, p: int, dtype) -> Float[Array, ""]:
     return jnp.where(use_qr, level, level**0.5).astype(dtype)
 
 
-def ill_conditioned(model: Linearization, limit) -> Bool[Array, ""]:
-    """cond(J) above `limit`, where J^T J loses half the digits.
+def next_route(use_qr, new: Model, accept, config: Config) -> Bool[Array, ""]:
+    """Whether the next evaluation takes the streamed QR route ("auto" factorization).
 
-    Only asked of models from the normal equations, whose factor sqrt(E) V^T
-    has orthogonal rows: the row norms are the singular values of J.
+    Judged on the model the fit goes on with (an accepted trial's; a rejected one says
+    nothing of the point): QR once cond(J) exceeds `qr_condition`, where J^T J loses half
+    its digits, and back to J^T J once it is `QR_HYSTERESIS` times below (a fit that
+    passed a badly conditioned stretch, like two decay rates crossing, need not pay for
+    QR to its end; under `vmap` one problem on it makes the whole batch pay). The
+    `condition` of a model is cond(J) or an upper bound of it, so the route back is safe.
     """
-    sv = jnp.linalg.norm(model.factor, axis=1)
-    return jnp.min(sv) * limit < jnp.max(sv)
+    if not isinstance(new, Linearization) or config.factorization != "auto":  # static
+        return use_qr
+    judged = accept & new.finite
+    enter = judged & ~use_qr & (new.condition > config.qr_condition)
+    leave = judged & use_qr & (new.condition * QR_HYSTERESIS <= config.qr_condition)
+    return (use_qr | enter) & ~leave
 
 
 class Proposal(eqx.Module):
@@ -162,7 +172,9 @@ def propose(state: GaussNewtonState, lower, upper) -> Proposal:
     cutoff = rcond(state.use_qr, u.shape[0], u.dtype)
     free = free_variables(u, eq.gradient, lower, upper)
     step = trust_region_step(eq.factor, eq.qtr, state.radius, free, cutoff,
-                             orthogonal_rows=~state.use_qr)
+                             orthogonal_rows=eq.orthogonal_rows,
+                             well_conditioned=~eq.orthogonal_rows & (
+                                 eq.condition <= accurate_steps(u.dtype)))
     trial = jnp.where(state.started, jnp.clip(u + step, lower, upper), u)
     r_step = eq.factor @ (trial - u)
     return Proposal(trial, -(eq.qtr @ r_step + 0.5 * r_step @ r_step))
@@ -184,14 +196,17 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upp
     good = new.finite & (predicted > 0) & (actual > config.accept_ratio * predicted)
     step_norm = jnp.linalg.norm(step)
     # ftol, MINPACK's second form: a full (not radius-limited) Gauss-Newton step
-    # that both promised and delivered at most ftol, either sign. The cost cannot
-    # tell the two points apart, and a ratio of two rounding-level numbers would
-    # reject such steps forever. The step is taken: the point after a full
-    # Gauss-Newton step is the optimum to second order, so the answer does not
-    # depend on the rounding that decided the sign of `actual`.
+    # that promised at most ftol and changed the cost by no more than the cost can
+    # resolve (sqrt(eps) relative, far above the rounding of a sum of squares: the
+    # rounding of `actual` depends on how the program was compiled, and a batch and a
+    # single fit must decide alike), either sign. The cost cannot tell the two points
+    # apart, and a ratio of two rounding-level numbers would reject such steps
+    # forever. The step is taken: the point after a full Gauss-Newton step is the
+    # optimum to second order, so the answer does not depend on that rounding.
     full_step = step_norm < 0.99 * state.radius
+    resolution = jnp.maximum(config.ftol, jnp.sqrt(jnp.finfo(eq.cost.dtype).eps))
     noise_level = (state.started & new.finite & full_step & (predicted <= config.ftol * eq.cost)
-                   & (jnp.abs(actual) <= config.ftol * eq.cost))
+                   & (jnp.abs(actual) <= resolution * eq.cost))
     accept = jnp.where(state.started, good | noise_level, True)
 
     u_next = jnp.where(accept, trial, u)
@@ -228,11 +243,8 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upp
         Status.RUNNING).astype(state.status.dtype)
 
     radius = jnp.where(recover, _initial_radius(u_next, config), radius)
-    use_qr = state.use_qr
-    if isinstance(new, Linearization):  # static: the matrix-free model has no QR route
-        use_qr = use_qr | (config.factorization == "auto") & ~use_qr & new.finite & (
-            ill_conditioned(new, config.qr_condition))
-    return GaussNewtonState(u=u_next, model=eq_next, use_qr=use_qr, radius=radius,
+    return GaussNewtonState(u=u_next, model=eq_next, use_qr=next_route(state.use_qr, new, accept,
+                                                                      config), radius=radius,
                             iteration=iteration, resets=state.resets + recover,
                             started=jnp.asarray(True), status=status,
                             anchor_u=jnp.where(at_check, u_next, state.anchor_u),

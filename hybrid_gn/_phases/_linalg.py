@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from .._control import run_if
+from . import _cholesky as cholesky
 
 _NEWTON_ITERATIONS = 40
 JACOBI_MAX_P = 8  # up to this many columns, SVDs are one-sided Jacobi in plain jnp ops
@@ -183,6 +184,7 @@ def trust_region_step(
     free: Bool[Array, " p"],
     rcond: float | Float[Array, ""],
     orthogonal_rows: Bool[Array, ""] | bool = False,
+    well_conditioned: Bool[Array, ""] | bool = False,
 ) -> Float[Array, " p"]:
     """argmin_s ||R s + qtr||  subject to ||s|| <= radius and s[~free] = 0.
 
@@ -196,14 +198,21 @@ def trust_region_step(
 
     `orthogonal_rows` says that the rows of R are orthogonal (R = sqrt(E) V^T
     from the normal equations): then its SVD is read off its rows unless a
-    variable is fixed, and no decomposition is computed.
+    variable is fixed, and no decomposition is computed. `well_conditioned` says that
+    cond(R) is small (`_cholesky.accurate_steps`): then the step is found by Cholesky
+    factorizations (`_cholesky.trust_region_step`, the same minimizer) and no SVD either.
+    Under `vmap` each route runs only when some problem of the batch takes it.
     """
     a_mat = jnp.where(free[None, :], factor, 0)
     tiny = jnp.finfo(a_mat.dtype).tiny
     row_norms = jnp.linalg.norm(a_mat, axis=1)
     from_rows = (jnp.eye(a_mat.shape[0], dtype=a_mat.dtype), row_norms,
                  a_mat / jnp.where(row_norms > 0, row_norms, 1)[:, None])
-    u_mat, sv, vt = run_if(~(orthogonal_rows & jnp.all(free)), lambda: svd(a_mat), from_rows)
+    well_conditioned = jnp.asarray(well_conditioned)
+    by_cholesky = run_if(well_conditioned, lambda: cholesky.trust_region_step(
+        factor, qtr, radius, free), jnp.zeros_like(qtr))
+    needs_svd = ~well_conditioned & ~(orthogonal_rows & jnp.all(free))
+    u_mat, sv, vt = run_if(needs_svd, lambda: svd(a_mat), from_rows)
     b = u_mat.T @ qtr
     floor = jnp.maximum(rcond * jnp.max(sv), tiny)
     keep = sv > floor
@@ -233,8 +242,8 @@ def trust_region_step(
         return damped * jnp.minimum(1, radius / jnp.maximum(jnp.linalg.norm(damped), tiny))
 
     fits = gn_norm <= radius
-    coef = jnp.where(fits, gn, run_if(~fits, damped_step, gn))
-    return jnp.where(free, -(vt.T @ coef), 0)
+    coef = jnp.where(fits, gn, run_if(~fits & ~well_conditioned, damped_step, gn))
+    return jnp.where(well_conditioned, by_cholesky, jnp.where(free, -(vt.T @ coef), 0))
 
 
 def pinv_gram(factor: Float[Array, "p p"], rcond) -> Float[Array, "p p"]:
