@@ -11,6 +11,7 @@ objects, the same data shapes and the same static configuration wherever possibl
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import jax
@@ -662,23 +663,27 @@ def _lm_step(r_mat, qtr, scale, radius):
 _TR_STEP = jax.jit(trust_region_step, static_argnames="rcond")
 
 
-def _tr_step(r_mat, qtr, scale, radius, free):
+def _tr_step(r_mat, qtr, scale, radius, free, route="svd"):
     """The step in the ellipsoid ||scale * s|| <= radius: the kernel's ball step in
-    z = scale * s, with R diag(1/scale)."""
+    z = scale * s, with R diag(1/scale), by the SVD or the Cholesky `route`."""
     p = r_mat.shape[1]
     z = _TR_STEP(jnp.asarray(r_mat / scale[None, :]), jnp.asarray(qtr),
-                 jnp.asarray(radius, float), jnp.asarray(free), rcond=10 * p * EPS)
+                 jnp.asarray(radius, float), jnp.asarray(free), rcond=10 * p * EPS,
+                 well_conditioned=jnp.asarray(route == "cholesky"))
     return np.asarray(z) / scale
 
 
-@pytest.mark.parametrize("p", [3, 4, 5])
-def test_trust_region_step_against_lstsq_lm_and_brute_force(p):
+@pytest.mark.parametrize("route", ["svd", "cholesky"])
+@pytest.mark.parametrize("p", [3, 4, 5, 8, 10])  # 10: the Cholesky route through LAPACK
+def test_trust_region_step_against_lstsq_lm_and_brute_force(p, route):
     """(a) a large radius gives the Gauss-Newton step lstsq(R, -qtr); (b) a small radius gives
     a step with ||scale * s|| = radius (1e-10) equal to the Levenberg-Marquardt solution with
     lam from brentq, and no random point of the ellipsoid does better; (c) with a `free` mask
     the fixed components are exactly 0 and the free ones solve the reduced problem
     (R[:, free]), for large and small radius; (d) a singular R with unit scale gives the
-    minimum-norm least-squares step."""
+    minimum-norm least-squares step (the SVD route: the Cholesky one is only taken where R
+    is well conditioned)."""
+    tr_step = functools.partial(_tr_step, route=route)
     rng = np.random.default_rng(p)
     r_mat = np.triu(rng.standard_normal((p, p))) + 3 * np.eye(p)
     qtr = rng.standard_normal(p)
@@ -686,10 +691,10 @@ def test_trust_region_step_against_lstsq_lm_and_brute_force(p):
     everywhere = np.ones(p, bool)
 
     gn = np.linalg.lstsq(r_mat, -qtr, rcond=None)[0]
-    np.testing.assert_allclose(_tr_step(r_mat, qtr, scale, 1e6, everywhere), gn, rtol=1e-10)
+    np.testing.assert_allclose(tr_step(r_mat, qtr, scale, 1e6, everywhere), gn, rtol=1e-10)
 
     radius = 0.3 * np.linalg.norm(scale * gn)
-    step = _tr_step(r_mat, qtr, scale, radius, everywhere)
+    step = tr_step(r_mat, qtr, scale, radius, everywhere)
     np.testing.assert_allclose(np.linalg.norm(scale * step), radius, rtol=1e-10)
     np.testing.assert_allclose(step, _lm_step(r_mat, qtr, scale, radius), rtol=1e-9)
     directions = rng.standard_normal((20_000, p))
@@ -700,21 +705,23 @@ def test_trust_region_step_against_lstsq_lm_and_brute_force(p):
     free = everywhere.copy()
     free[1] = False
     reduced = r_mat[:, free]
-    step = _tr_step(r_mat, qtr, scale, 1e6, free)
+    step = tr_step(r_mat, qtr, scale, 1e6, free)
     assert step[1] == 0
     np.testing.assert_allclose(step[free], np.linalg.lstsq(reduced, -qtr, rcond=None)[0],
                                rtol=1e-10)
     radius = 0.3 * np.linalg.norm(scale[free] * step[free])
-    step = _tr_step(r_mat, qtr, scale, radius, free)
+    step = tr_step(r_mat, qtr, scale, radius, free)
     assert step[1] == 0
     np.testing.assert_allclose(np.linalg.norm(scale * step), radius, rtol=1e-10)
     np.testing.assert_allclose(step[free], _lm_step(reduced, qtr, scale[free], radius),
                                rtol=1e-9)
 
+    if route == "cholesky":
+        return
     singular = r_mat.copy()
     singular[:, 1] = 0
     singular[1, :] = 0
-    np.testing.assert_allclose(_tr_step(singular, qtr, np.ones(p), 1e6, everywhere),
+    np.testing.assert_allclose(tr_step(singular, qtr, np.ones(p), 1e6, everywhere),
                                np.linalg.lstsq(singular, -qtr, rcond=None)[0], rtol=1e-10,
                                atol=1e-14)
 

@@ -3,12 +3,13 @@
 The eigendecomposition of J^T J (`_linalg`) is rank revealing but costs an
 iterative Jacobi process per Gauss-Newton iteration, which dominated the
 iteration of many small fits (p = 5 to 8). Where J is well conditioned
-(cond(J) <= `WELL_CONDITIONED`) nothing needs revealing: a Cholesky factor of
+(cond(J) <= `well_conditioned`) nothing needs revealing: a Cholesky factor of
 J^T J, scaled to a unit diagonal (accurate to the conditioning of the scaled
 matrix, like the Jacobi route), is a factor R with R^T R = J^T J, and the
 trust-region subproblem is solved to the same answer by Newton's method on
 lambda with one Cholesky factorization of J^T J + lambda I per Newton step
-(More & Sorensen 1983), all in a few hundred scalar operations.
+(More & Sorensen 1983), all in a few hundred scalar operations. The QR route's
+R takes the same step while cond(R) <= `accurate_steps`.
 
 Up to `UNROLLED_MAX_P` the factorizations and triangular solves are written
 out in scalar jnp operations: under `vmap` each entry is a contiguous (B,)
