@@ -11,10 +11,12 @@ lambda with one Cholesky factorization of J^T J + lambda I per Newton step
 (More & Sorensen 1983), all in a few hundred scalar operations. The QR route's
 R takes the same step while cond(R) <= `accurate_steps`.
 
-Up to `UNROLLED_MAX_P` the factorizations and triangular solves are written
-out in scalar jnp operations: under `vmap` each entry is a contiguous (B,)
-array, so they are plain vector arithmetic with no gathers (LAPACK per
-problem is slow under `vmap` on CPU). Larger p: LAPACK and BLAS.
+Up to `UNROLLED_MAX_P` a triangle is held as its rows of scalars (`Rows`, row i
+has i + 1 entries) from factorization to the last solve: under `vmap` each entry
+is a contiguous (B,) array, so the factorizations and substitutions are plain
+vector arithmetic with no gathers (LAPACK per problem is slow under `vmap` on
+CPU), and the program slices each matrix once (its size is compile time).
+Larger p: matrices, LAPACK and BLAS.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from jaxtyping import Array, Bool, Float
 UNROLLED_MAX_P = 8
 _NEWTON_ITERATIONS = 40
 
+Rows = tuple[tuple[Array, ...], ...]  # a lower triangle: row i holds entries 0..i
+Lower = Rows | Float[Array, "p p"]  # rows up to UNROLLED_MAX_P, else a matrix
+
 
 def well_conditioned(dtype) -> float:
     """The largest cond(J) the Cholesky route takes: eps^(-1/4), where J^T J keeps half
@@ -34,62 +39,104 @@ def well_conditioned(dtype) -> float:
     return float(jnp.finfo(dtype).eps) ** -0.25
 
 
-def _entries(m):
-    p = m.shape[-1]
-    return [[m[..., i, j] for j in range(p)] for i in range(p)]
+def accurate_steps(dtype) -> float:
+    """The largest cond(R) for which `trust_region_step` is taken: eps^(-3/8). Its
+    solves with R^T R + lambda I then err by at most ~eps^(1/4) relative, which costs a
+    Gauss-Newton iteration nothing measurable; the model (R, qtr) stays exact."""
+    return float(jnp.finfo(dtype).eps) ** -0.375
 
 
-def _stack(rows):
-    return jnp.stack([jnp.stack(row, axis=-1) for row in rows], axis=-2)
+def _unrolled(p: int) -> bool:
+    return p <= UNROLLED_MAX_P
 
 
-def cholesky(a: Float[Array, "p p"]) -> tuple[Float[Array, "p p"], Bool[Array, ""]]:
-    """Lower L with L L^T = a, and whether a is numerically positive definite (every
-    pivot positive and finite; where not, L is finite but meaningless)."""
-    p = a.shape[-1]
-    if p > UNROLLED_MAX_P:
-        low = jnp.linalg.cholesky(a)
-        return low, jnp.all(jnp.isfinite(low))
-    am = _entries(a)
-    zero = jnp.zeros_like(am[0][0])
-    low = [[zero] * p for _ in range(p)]
+def _rows(m: Float[Array, "p p"]) -> Rows:
+    """The lower triangle of `m` as rows of scalars."""
+    return tuple(tuple(m[..., i, j] for j in range(i + 1)) for i in range(m.shape[-1]))
+
+
+def _dense(rows: Rows) -> Float[Array, "p p"]:
+    """The lower triangular matrix of `rows` (zeros above the diagonal)."""
+    p = len(rows)
+    zero = jnp.zeros_like(rows[0][0])
+    return jnp.stack([jnp.stack(row + (zero,) * (p - 1 - i), axis=-1)
+                      for i, row in enumerate(rows)], axis=-2)
+
+
+def _sum(terms, zero):
+    return sum(terms, zero)
+
+
+def _cholesky_rows(a: Rows, shift=None) -> tuple[Rows, Bool[Array, ""]]:
+    """Rows of L with L L^T = a + diag(shift), and whether that is numerically positive
+    definite (every pivot positive and finite; where not, L is finite but meaningless)."""
+    p = len(a)
+    zero = jnp.zeros_like(a[0][0])
+    low: list[list] = [[] for _ in range(p)]
     ok = jnp.asarray(True)
     for j in range(p):
-        pivot = am[j][j] - sum((low[j][k] ** 2 for k in range(j)), zero)
+        pivot = a[j][j] + (0 if shift is None else shift[..., j]) - _sum(
+            (low[j][k] ** 2 for k in range(j)), zero)
         good = jnp.isfinite(pivot) & (pivot > 0)
         ok = ok & good
-        diagonal = jnp.sqrt(jnp.where(good, pivot, 1))
-        low[j][j] = diagonal
+        low[j].append(jnp.sqrt(jnp.where(good, pivot, 1)))
         for i in range(j + 1, p):
-            low[i][j] = (am[i][j] - sum((low[i][k] * low[j][k] for k in range(j)), zero)
-                         ) / diagonal
-    return _stack(low), ok
+            low[i].append((a[i][j] - _sum((low[i][k] * low[j][k] for k in range(j)), zero))
+                          / low[j][j])
+    return tuple(map(tuple, low)), ok
 
 
-def solve_lower(low: Float[Array, "p p"], b: Float[Array, " p"]) -> Float[Array, " p"]:
+def _symmetric(a: Float[Array, "p p"]) -> Lower:
+    """`a` in the form `cholesky` takes: its lower rows when unrolled."""
+    return _rows(a) if _unrolled(a.shape[-1]) else a
+
+
+def cholesky(a: Lower, shift: Float[Array, " p"] | None = None) -> tuple[Lower, Bool[Array, ""]]:
+    """L with L L^T = a + diag(shift) (a symmetric, from `_symmetric`), and whether that
+    is numerically positive definite."""
+    if isinstance(a, tuple):
+        return _cholesky_rows(a, shift)
+    low = jnp.linalg.cholesky(a if shift is None else a + jnp.diag(shift))
+    return low, jnp.all(jnp.isfinite(low))
+
+
+def solve_lower(low: Lower, b: Float[Array, " p"]) -> Float[Array, " p"]:
     """L^-1 b, by forward substitution."""
-    p = low.shape[-1]
-    if p > UNROLLED_MAX_P:
+    if not isinstance(low, tuple):
         return jsl.solve_triangular(low, b, lower=True)
-    lm = _entries(low)
-    x = []
-    for i in range(p):
-        x.append((b[..., i] - sum((lm[i][k] * x[k] for k in range(i)), jnp.zeros_like(b[..., i])))
-                 / lm[i][i])
+    zero = jnp.zeros_like(b[..., 0])
+    x: list = []
+    for i, row in enumerate(low):
+        x.append((b[..., i] - _sum((row[k] * x[k] for k in range(i)), zero)) / row[i])
     return jnp.stack(x, axis=-1)
 
 
-def solve_upper(low: Float[Array, "p p"], b: Float[Array, " p"]) -> Float[Array, " p"]:
+def solve_upper(low: Lower, b: Float[Array, " p"]) -> Float[Array, " p"]:
     """L^-T b, by back substitution."""
-    p = low.shape[-1]
-    if p > UNROLLED_MAX_P:
+    if not isinstance(low, tuple):
         return jsl.solve_triangular(low, b, lower=True, trans="T")
-    lm = _entries(low)
-    x = [None] * p
+    p = len(low)
+    zero = jnp.zeros_like(b[..., 0])
+    x: list = [None] * p
     for i in reversed(range(p)):
-        x[i] = (b[..., i] - sum((lm[k][i] * x[k] for k in range(i + 1, p)),
-                                jnp.zeros_like(b[..., i]))) / lm[i][i]
+        x[i] = (b[..., i] - _sum((low[k][i] * x[k] for k in range(i + 1, p)), zero)
+                ) / low[i][i]
     return jnp.stack(x, axis=-1)
+
+
+def _inverse_norm2(low: Lower) -> Float[Array, ""]:
+    """||L^-1||_F^2 of a lower triangular L."""
+    if not isinstance(low, tuple):
+        eye = jnp.eye(low.shape[-1], dtype=low.dtype)
+        return jnp.sum(jsl.solve_triangular(low, eye, lower=True) ** 2)
+    # column j of X = L^-1: X_jj = 1 / L_jj, X_ij = -sum_{j<=k<i} L_ik X_kj / L_ii
+    total = jnp.zeros_like(low[0][0])
+    for j in range(len(low)):
+        column = {j: 1 / low[j][j]}
+        for i in range(j + 1, len(low)):
+            column[i] = -sum(low[i][k] * column[k] for k in range(j, i)) / low[i][i]
+        total = total + sum(v**2 for v in column.values())
+    return total
 
 
 def gram(factor: Float[Array, "p p"]) -> Float[Array, "p p"]:
@@ -104,6 +151,11 @@ def _scale(a):
     return a / (d[:, None] * d[None, :]), d
 
 
+def _bound(factor_norm2, low: Lower) -> Float[Array, ""]:
+    bound = jnp.sqrt(factor_norm2 * _inverse_norm2(low))
+    return jnp.where(jnp.isfinite(bound), bound, jnp.inf)
+
+
 def factor_normal_equations(jtj: Float[Array, "p p"], jtr: Float[Array, " p"]
                             ) -> tuple[Float[Array, "p p"], Float[Array, " p"],
                                        Float[Array, ""]]:
@@ -114,26 +166,20 @@ def factor_normal_equations(jtj: Float[Array, "p p"], jtr: Float[Array, " p"]
     scaled D^-1 J^T J D^-1.
     """
     scaled, d = _scale(jtj)
-    low, ok = cholesky(scaled)
-    factor = low.T * d[None, :]
-    return factor, solve_lower(low, jtr / d), jnp.where(ok, condition_bound(factor), jnp.inf)
+    low, ok = cholesky(_symmetric(scaled))
+    lower = _dense(low) if isinstance(low, tuple) else low
+    factor = lower.T * d[None, :]
+    # R^-1 = D^-1 L^-T: ||R^-1||_F^2 = ||L^-1 D^-1||_F^2, L^-1 D^-1 = (D L)^-1
+    scaled_rows = (tuple(tuple(v * d[i] for v in row) for i, row in enumerate(low))
+                   if isinstance(low, tuple) else low * d[:, None])
+    condition = _bound(jnp.sum(factor**2), scaled_rows)
+    return factor, solve_lower(low, jtr / d), jnp.where(ok, condition, jnp.inf)
 
 
 def condition_bound(factor: Float[Array, "p p"]) -> Float[Array, ""]:
     """||R||_F ||R^-1||_F of an upper triangular R: at least cond(R), at most p cond(R)
     (within a factor 2 of it on random matrices); inf where R is singular."""
-    p = factor.shape[-1]
-    eye = jnp.eye(p, dtype=factor.dtype)
-    inverse_t = jax.vmap(lambda e: solve_lower(factor.T, e))(eye)  # rows: R^-T e_i
-    bound = jnp.sqrt(jnp.sum(factor**2) * jnp.sum(inverse_t**2))
-    return jnp.where(jnp.isfinite(bound), bound, jnp.inf)
-
-
-def accurate_steps(dtype) -> float:
-    """The largest cond(R) for which `trust_region_step` is taken: eps^(-3/8). Its
-    solves with R^T R + lambda I then err by at most ~eps^(1/4) relative, which costs a
-    Gauss-Newton iteration nothing measurable; the model (R, qtr) stays exact."""
-    return float(jnp.finfo(dtype).eps) ** -0.375
+    return _bound(jnp.sum(factor**2), _symmetric(factor.T))
 
 
 def trust_region_step(factor: Float[Array, "p p"], qtr: Float[Array, " p"],
@@ -152,11 +198,12 @@ def trust_region_step(factor: Float[Array, "p p"], qtr: Float[Array, " p"],
     a_mat = jnp.where(both, gram(factor), jnp.eye(factor.shape[0], dtype=dtype))
     g = jnp.where(free, factor.T @ qtr, 0)
     scaled, d = _scale(a_mat)
+    scaled = _symmetric(scaled)  # sliced once, outside the Newton loop
     tiny = jnp.finfo(dtype).tiny
     eps = jnp.finfo(dtype).eps
 
     def solve(lam):
-        low, _ = cholesky(scaled + jnp.diag(lam / d**2))
+        low, _ = cholesky(scaled, lam / d**2)
         return solve_upper(low, solve_lower(low, -g / d)) / d, low
 
     def newton(carry):
