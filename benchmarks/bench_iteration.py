@@ -12,7 +12,7 @@ so the start and the first (evaluation-only) iteration are not counted. hybrid_g
 * fori step: `pipeline.gauss_newton_step` of the whole batch in a `fori_loop`;
 * while step: the steps as `pipeline.run` takes them under `jit(vmap(fit))` (the loop's
   predicate is batched: each iteration selects the carry of the finished problems);
-* batch step: the steps as `fit_batch` takes them (stage 1 of `compacted_loop`);
+* batch step: the steps as `fit_batch` takes them (`compacted_loop`, in chunks);
 * evaluate: the trial's model (`Setup.evaluate`: Jacobian, J^T J, factorization, and the
   QR route when some problem of the batch is on it);
 * accumulate: the Jacobian and J^T J, J^T r and cost alone;
@@ -110,19 +110,16 @@ def _while(k: int):
 
 
 def _batch(k: int):
-    """Up to k steps as `fit_batch` takes them (stage 1 of its `compacted_loop`)."""
+    """Up to k steps as `fit_batch` takes them (its `compacted_loop`)."""
     from hybrid_gn import _pipeline as pipeline
-    from hybrid_gn._drivers._batch import _unless_inactive
-
-    def masked(setup, data, state):
-        new = pipeline.gauss_newton_step(setup, data, state)
-        return _unless_inactive(pipeline.running(state), new, state)
+    from hybrid_gn._drivers._batch import compacted_loop
 
     def run(setups, data, states):
-        def more(s):
-            return (jnp.any(jax.vmap(pipeline.running)(s))
-                    & (jnp.max(s.gauss_newton.iteration) < k))
-        return jax.lax.while_loop(more, lambda s: jax.vmap(masked)(setups, data, s), states)
+        def active(s):
+            return pipeline.running(s) & (s.gauss_newton.iteration < k)
+
+        return compacted_loop(active, lambda inputs, s: pipeline.gauss_newton_step(*inputs, s),
+                              states, (setups, data))
     return eqx.filter_jit(run)
 
 

@@ -390,62 +390,74 @@ def _vmapped_while(state: Counter, c) -> Counter:
     return jax.lax.while_loop(counting, functools.partial(halve_and_add, c), state)
 
 
-def _while_loops(fn, *args) -> int:
-    return sum(eqn.primitive.name == "while" for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns)
+def _traced_steps(shrink: int, smallest: int, *args) -> int:
+    """How many times `compacted_loop` traces the step (each trace is a compiled copy)."""
+    traced = []
+
+    def counted(c, state):
+        traced.append(1)
+        return halve_and_add(c, state)
+
+    jax.make_jaxpr(functools.partial(batch.compacted_loop, counting, counted, shrink=shrink,
+                                     smallest=smallest))(*args)
+    return len(traced)
 
 
 def _scenario(name: str, rng) -> tuple[np.ndarray, int, int]:
-    """Step counts per problem, shrink and smallest, for each path through the two stages."""
-    if name == "single stage: B // shrink below smallest":
+    """Step counts per problem, shrink and smallest, for each path through the chunks."""
+    if name == "whole batch: B // shrink below smallest":
         return rng.integers(0, 13, 127), 8, 16  # 127 // 8 = 15 < 16
-    if name == "two stages: sub-batch exactly full":
-        # 128 // 8 = 16: after 3 steps exactly 16 problems are left, all of them gathered
+    if name == "chunks: all active, then exactly a chunk":
+        # 128 // 8 = 16: after 3 steps exactly 16 problems are left
         return rng.permutation(np.r_[np.full(16, 12), rng.integers(0, 4, 111), 3]), 8, 16
-    if name == "two stages: sub-batch part inactive":
-        # 25 problems active until step 6, then 5: the sub-batch of 16 holds 11 finished ones
+    if name == "chunks: fewer active than a chunk":
+        # 25 problems active until step 6, then 5: chunks of 16 filled with finished ones
         return rng.permutation(np.r_[np.full(20, 6), 7, 8, 9, 10, 11, np.zeros(103, int)]), 8, 16
-    if name == "two stages: few active from the start":
+    if name == "chunks: few active from the start":
         return rng.permutation(np.r_[5, 9, 1, np.zeros(125, int)]), 8, 16
-    if name == "two stages: nothing to do":
+    if name == "chunks: nothing to do":
         return np.zeros(128, int), 8, 16
-    if name == "two stages: small shrink and smallest":
-        return rng.integers(0, 13, 20), 4, 2  # sub-batch of 5
+    if name == "chunks: small shrink and smallest, uneven":
+        return rng.integers(0, 13, 23), 4, 2  # chunks of 5, wrapping round 23 problems
     raise AssertionError(name)
 
 
 @pytest.mark.parametrize("scenario", [
-    "single stage: B // shrink below smallest", "two stages: sub-batch exactly full",
-    "two stages: sub-batch part inactive", "two stages: few active from the start",
-    "two stages: nothing to do", "two stages: small shrink and smallest"])
+    "whole batch: B // shrink below smallest", "chunks: all active, then exactly a chunk",
+    "chunks: fewer active than a chunk", "chunks: few active from the start",
+    "chunks: nothing to do", "chunks: small shrink and smallest, uneven"])
 def test_compacted_loop_equals_plain_loop(scenario):
     """Each problem's final state and trace (values, step counts, every trace entry including
     the clamped last one, the untouched NaN ones) are exactly those of its own plain loop
-    (numpy) and of a vmapped `lax.while_loop`; one `while` is compiled for a single stage, two
-    for two stages."""
+    (numpy) and of a vmapped `lax.while_loop`, and the step is traced (compiled) once."""
     rng = np.random.default_rng(sum(map(ord, scenario)))
     targets, shrink, smallest = _scenario(scenario, rng)
     b = len(targets)
-    small = b // shrink
-    two_stages = small >= smallest
-    if scenario == "two stages: sub-batch exactly full":  # the designed count after stage 1
-        active = np.array([np.sum(targets > k) for k in range(13)])
-        assert active[np.argmax(active <= small)] == small and active[0] > small
-    if scenario == "two stages: sub-batch part inactive":
-        active = np.array([np.sum(targets > k) for k in range(13)])
-        assert 0 < active[np.argmax(active <= small)] < small
     values = rng.integers(-50, 50, b).astype(float)
     inputs = rng.integers(-1000, 1000, b).astype(float)
     states = start_states(targets, values)
 
-    loop = _compacted(shrink, smallest)
-    assert _while_loops(loop, states, jnp.asarray(inputs)) == (2 if two_stages else 1)
-    got = as_dict(_jitted(loop)(states, jnp.asarray(inputs)))
+    assert _traced_steps(shrink, smallest, states, jnp.asarray(inputs)) == 1
+    got = as_dict(_jitted(_compacted(shrink, smallest))(states, jnp.asarray(inputs)))
     vmapped = as_dict(_vmapped_while(states, jnp.asarray(inputs)))
     ref = plain_loop(targets, values, inputs)
     for name, expected in ref.items():
         np.testing.assert_array_equal(np.asarray(got[name]), expected, err_msg=name)
         np.testing.assert_array_equal(np.asarray(vmapped[name]), expected, err_msg=name)
     assert np.all(np.asarray(got["steps"]) == targets)
+
+
+def test_next_chunk_takes_active_problems_in_turn():
+    """Chunks take the active problems from the cursor on, cyclically, without repeats; a
+    chunk short of active ones is filled with finished ones."""
+    on = jnp.asarray(np.array([1, 0, 1, 1, 0, 0, 1, 1, 0, 1], bool))
+    index, cursor = batch._next_chunk(on, jnp.asarray(7), 3)
+    assert list(np.asarray(index)) == [7, 9, 0] and int(cursor) == 1
+    index, cursor = batch._next_chunk(on, cursor, 3)
+    assert list(np.asarray(index)) == [2, 3, 6] and int(cursor) == 7
+    few = jnp.asarray(np.array([0, 0, 1, 0, 0], bool))
+    index, cursor = batch._next_chunk(few, jnp.asarray(3), 3)
+    assert list(np.asarray(index)) == [2, 3, 4] and int(cursor) == 3
 
 
 def test_unless_inactive_keeps_or_takes_the_whole_state():

@@ -3,9 +3,10 @@
 The same transitions as `fit` (`_pipeline`), vmapped, with the loops driven
 here: every problem keeps its own state and status, a problem that has
 stopped is frozen while the others run on, so its answer equals its solo
-fit, and once most have stopped only the rest are stepped
-(`compacted_loop`). Problems with fewer points are padded to the
-longest with masked (weight-0) points, which add nothing to any sum.
+fit, and the problems still running are stepped in gathered chunks of
+B / 8, so finished ones cost nothing (`compacted_loop`). Problems with fewer
+points are padded to the longest with masked (weight-0) points, which add
+nothing to any sum.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ def fit_batch(
     For many problems of the same model (spectra, pixels, sensors): each
     problem keeps its own state and status, and a problem that has stopped is
     frozen while the others run on, so its answer equals its solo fit. In a
-    batch of 128 problems or more, once 7/8 of them have finished the rest run
-    on as a gathered sub-batch, so the slow few do not make the finished ones
-    pay for full iterations. Problems of different lengths (ragged) are padded
+    batch of 128 problems or more, the active problems are stepped in gathered
+    chunks of B / 8, so the slow few do not make the finished ones pay for
+    full iterations. Problems of different lengths (ragged) are padded
     to the longest with weight-0 points, which add nothing to any sum. A
     problem with NaN data (`check_finite=False`), a model that returns Inf
     there, or that hits the iteration cap fails alone.
@@ -193,31 +194,85 @@ def _solve(model, model_arrays, p0, x, y, sigma, bounds, args, mask, absolute_si
 def compacted_loop(active: Callable[[State], Array],
                    step: Callable[[PyTree, State], State], states: State, inputs: PyTree,
                    shrink: int = 8, smallest: int = 16) -> State:
-    """`while active: state = step(inputs, state)` for every problem of a batch, in two stages.
+    """`while active: state = step(inputs, state)` for every problem of a batch, a chunk
+    of B / shrink problems at a time.
 
-    Stage 1 steps the whole batch, in place, until at most B / shrink problems
-    are still active; stage 2 gathers those into a sub-batch of B / shrink and
-    steps it until none is. So the many problems that finish early stop costing
-    full iterations while a few slow ones run on (two stages, not more: each has
-    its own compiled copy of `step`). A problem that is not active is left as
-    it is (`where`), so each problem's states are those of its solo loop.
+    Each turn of one `while` loop gathers the next chunk of active problems (in batch
+    order from where the last chunk ended, cyclically, so each active problem is stepped
+    once per sweep) with their inputs, steps it and scatters it back. Problems that have
+    finished stop costing steps at once, a few slow ones run on in chunks of their own,
+    and `step` is compiled once, for the chunk. A chunk with fewer active problems than its
+    size is filled with finished ones, which the step leaves as they are (`where`), so each
+    problem's states are those of its solo loop. Only the trace entry a step writes is
+    gathered and scattered. A batch smaller than `shrink * smallest` is stepped whole.
     """
     def masked_step(inputs, state):
         return _unless_inactive(active(state), step(inputs, state), state)
 
-    def run_until(states, inputs, target: int):
-        """Step until at most `target` problems are active."""
-        return jax.lax.while_loop(lambda s: jnp.sum(jax.vmap(active)(s)) > target,
+    def any_active(carry):
+        return jnp.any(jax.vmap(active)(carry[0]))
+
+    size = jax.tree.leaves(states)[0].shape[0]
+    chunk = size // shrink
+    if chunk < smallest:
+        return jax.lax.while_loop(lambda s: any_active((s,)),
                                   lambda s: jax.vmap(masked_step)(inputs, s), states)
 
-    small = jax.tree.leaves(states)[0].shape[0] // shrink
-    if small < smallest:
-        return run_until(states, inputs, 0)
-    states = run_until(states, inputs, small)  # stage 1: the whole batch, in place
-    order = jnp.argsort(~jax.vmap(active)(states), stable=True)[:small]
-    sub, sub_inputs = jax.tree.map(lambda a: a[order], (states, inputs))
-    sub = run_until(sub, sub_inputs, 0)  # stage 2: the gathered sub-batch
-    return jax.tree.map(lambda a, b: a.at[order].set(b), states, sub)
+    def turn(carry):
+        states, cursor = carry
+        index, cursor = _next_chunk(jax.vmap(active)(states), cursor, chunk)
+        sub = _gather_states(states, index)
+        sub = jax.vmap(masked_step)(jax.tree.map(lambda a: a[index], inputs), sub)
+        return _scatter_states(states, index, sub), cursor
+
+    states, _ = jax.lax.while_loop(any_active, turn, (states, jnp.asarray(0)))
+    return states
+
+
+def _next_chunk(on: Array, cursor: Array, chunk: int) -> tuple[Array, Array]:
+    """`(index, cursor)`: `chunk` distinct problems, the first active ones at or after
+    `cursor` (cyclically) and then, when fewer are active, finished ones; and where the
+    next chunk starts."""
+    size = on.shape[0]
+    rolled = jnp.roll(on, -cursor)  # position k: problem (cursor + k) % size
+    running = jnp.nonzero(rolled, size=chunk, fill_value=size)[0]
+    idle = jnp.nonzero(~rolled, size=chunk, fill_value=size)[0]
+    count = jnp.minimum(jnp.sum(rolled), chunk)
+    k = jnp.arange(chunk)
+    position = jnp.where(k < count, running, idle[jnp.maximum(k - count, 0)])
+    last = running[jnp.maximum(count - 1, 0)]
+    return (position + cursor) % size, (cursor + last + 1) % size
+
+
+def _slot(trace: Trace) -> Array:
+    """The entry the next step writes (the last once the trace is full)."""
+    return jnp.minimum(trace.length, trace.cost.shape[-1] - 1)
+
+
+def _gather_states(states: State, index: Array) -> State:
+    """The problems `index` of `states`, each with a one-entry trace: the entry its next
+    step writes."""
+    trace = states.trace
+    slot = _slot(trace)[index]
+    entries = (a[index, slot][:, None] for a in (trace.cost, trace.grad_norm, trace.radius,
+                                                 trace.phase))
+    rest = jax.tree.map(lambda a: a[index], eqx.tree_at(lambda s: s.trace, states, None))
+    return eqx.tree_at(lambda s: s.trace, rest, Trace(*entries, trace.length[index]),
+                       is_leaf=lambda x: x is None)
+
+
+def _scatter_states(states: State, index: Array, sub: State) -> State:
+    """`states` with the problems `index` replaced by `sub` (from `_gather_states`)."""
+    trace = states.trace
+    slot = _slot(trace)[index]
+    entries = (a.at[index, slot].set(b[:, 0], unique_indices=True) for a, b in zip(
+        (trace.cost, trace.grad_norm, trace.radius, trace.phase),
+        (sub.trace.cost, sub.trace.grad_norm, sub.trace.radius, sub.trace.phase), strict=True))
+    trace = Trace(*entries, trace.length.at[index].set(sub.trace.length, unique_indices=True))
+    rest = jax.tree.map(lambda a, b: a.at[index].set(b, unique_indices=True),
+                        eqx.tree_at(lambda s: s.trace, states, None),
+                        eqx.tree_at(lambda s: s.trace, sub, None))
+    return eqx.tree_at(lambda s: s.trace, rest, trace, is_leaf=lambda x: x is None)
 
 
 def _unless_inactive(on, new: State, old: State) -> State:
