@@ -112,7 +112,7 @@ def _while(k: int):
 def _batch(k: int):
     """Up to k steps as `fit_batch` takes them (its `compacted_loop`)."""
     from hybrid_gn import _pipeline as pipeline
-    from hybrid_gn._drivers._batch import compacted_loop
+    from hybrid_gn._compacted import compacted_loop
 
     def run(setups, data, states):
         def active(s):

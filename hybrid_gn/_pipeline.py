@@ -30,6 +30,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PyTree
 
 from . import _implicit as implicit
+from ._compacted import compacted_loop
 from ._config import (
     Config,
     covariance_kind,
@@ -238,12 +239,57 @@ def running(state: PipelineState):
     return state.phase != DONE
 
 
-def run(setup: Setup, data: Data, u0: Float[Array, " p"] | None = None) -> PipelineState:
-    """Both phases from `u0` (the problem's start by default), to the end."""
+def run(setup: Setup, data: Data, u0: Float[Array, " p"] | None = None,
+        compact: bool = False) -> PipelineState:
+    """Both phases from `u0` (the problem's start by default), to the end.
+
+    With `compact`, under `jax.vmap` the problems are stepped by `compacted_loop` (only
+    those still running, in gathered chunks) instead of a batched `while_loop`, which
+    steps every problem until the slowest has finished; each problem's states are the
+    same either way.
+    """
     state = start(setup, u0)
+    if not compact:
+        return _loops(setup, data, state)
+    arrays, static = eqx.partition((setup, data, state), eqx.is_array)
+    return eqx.combine(_compactable(static)(arrays), static[2])
+
+
+def _loops(setup: Setup, data: Data, state: PipelineState) -> PipelineState:
     if setup.warmup_runs:
         state = jax.lax.while_loop(warming_up, lambda s: warmup_step(setup, s), state)
     return jax.lax.while_loop(running, lambda s: gauss_newton_step(setup, data, s), state)
+
+
+def _compactable(static: PyTree) -> Callable[[PyTree], PyTree]:
+    """`_loops` over the arrays of `(setup, data, state)`, whose rule under `jax.vmap` runs
+    the loops by `compacted_loop` (unbatched arrays are broadcast to the batch)."""
+    def combined(arrays):
+        return eqx.combine(arrays, static)
+
+    @jax.custom_batching.custom_vmap
+    def loops(arrays):
+        setup, data, state = combined(arrays)
+        return eqx.filter(_loops(setup, data, state), eqx.is_array)
+
+    @loops.def_vmap
+    def _rule(axis_size, in_batched, arrays):
+        setups, data, states = jax.tree.map(lambda a, batched: a if batched else jnp.broadcast_to(
+            a, (axis_size, *jnp.shape(a))), arrays, in_batched[0])
+        states = eqx.combine(states, static[2])
+
+        def inputs(i):  # the setup and data of the problems `i` of a chunk: arrays only
+            return eqx.combine(i, static[:2])
+
+        if static[0].warmup_runs:
+            states = compacted_loop(warming_up, lambda i, s: warmup_step(inputs(i)[0], s),
+                                    states, (setups, data))
+        states = compacted_loop(running, lambda i, s: gauss_newton_step(*inputs(i), s),
+                                states, (setups, data))
+        out = eqx.filter(states, eqx.is_array)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return loops
 
 
 def result(setup: Setup, state: PipelineState, params: PyTree, n_points,

@@ -3,7 +3,7 @@
 - the Jacobi eigen / SVD kernels (`linalg`) against `numpy.linalg`, on random and
   rank-deficient matrices, float64 and float32, and under `vmap` / `jit`;
 - `pinv_gram` against a closed form;
-- `batch.compacted_loop` against a plain loop per problem (numpy) and a vmapped
+- `compacted.compacted_loop` against a plain loop per problem (numpy) and a vmapped
   `lax.while_loop`, on batch sizes that take each of its paths;
 - `gauss_newton.conclude` (and `propose`): every status it can produce, from designed
   states whose outcome follows from the stopping rules by hand.
@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hybrid_gn import _compacted as compacted
 from hybrid_gn import _config as config
 from hybrid_gn import _result as result
-from hybrid_gn._drivers import _batch as batch
 from hybrid_gn._phases import _accumulate as accumulate
 from hybrid_gn._phases import _cholesky as cholesky
 from hybrid_gn._phases import _gauss_newton as gauss_newton
@@ -376,7 +376,7 @@ def as_dict(s: Counter) -> dict[str, np.ndarray]:
 
 @functools.cache
 def _compacted(shrink: int, smallest: int):
-    return functools.partial(batch.compacted_loop, counting, halve_and_add, shrink=shrink,
+    return functools.partial(compacted.compacted_loop, counting, halve_and_add, shrink=shrink,
                              smallest=smallest)
 
 
@@ -398,7 +398,7 @@ def _traced_steps(shrink: int, smallest: int, *args) -> int:
         traced.append(1)
         return halve_and_add(c, state)
 
-    jax.make_jaxpr(functools.partial(batch.compacted_loop, counting, counted, shrink=shrink,
+    jax.make_jaxpr(functools.partial(compacted.compacted_loop, counting, counted, shrink=shrink,
                                      smallest=smallest))(*args)
     return len(traced)
 
@@ -451,12 +451,12 @@ def test_next_chunk_takes_active_problems_in_turn():
     """Chunks take the active problems from the cursor on, cyclically, without repeats; a
     chunk short of active ones is filled with finished ones."""
     on = jnp.asarray(np.array([1, 0, 1, 1, 0, 0, 1, 1, 0, 1], bool))
-    index, cursor = batch._next_chunk(on, jnp.asarray(7), 3)
+    index, cursor = compacted._next_chunk(on, jnp.asarray(7), 3)
     assert list(np.asarray(index)) == [7, 9, 0] and int(cursor) == 1
-    index, cursor = batch._next_chunk(on, cursor, 3)
+    index, cursor = compacted._next_chunk(on, cursor, 3)
     assert list(np.asarray(index)) == [2, 3, 6] and int(cursor) == 7
     few = jnp.asarray(np.array([0, 0, 1, 0, 0], bool))
-    index, cursor = batch._next_chunk(few, jnp.asarray(3), 3)
+    index, cursor = compacted._next_chunk(few, jnp.asarray(3), 3)
     assert list(np.asarray(index)) == [2, 3, 4] and int(cursor) == 3
 
 
@@ -464,7 +464,7 @@ def test_unless_inactive_keeps_or_takes_the_whole_state():
     """The select `compacted_loop` steps with: an inactive problem keeps its old state
     exactly (trace entry included), an active one gets the new state; a full trace
     (length past its end) selects at the clamped last entry."""
-    step, select = jax.jit(halve_and_add), jax.jit(batch._unless_inactive)
+    step, select = jax.jit(halve_and_add), jax.jit(compacted._unless_inactive)
     values = np.random.default_rng(0).standard_normal(3)
     old = start_states(np.array([4, 4, 4]), values)
     old = jax.vmap(step)(jnp.ones(3), old)  # one entry recorded

@@ -12,21 +12,19 @@ nothing to any sum.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
-from jaxtyping import Array, PyTree
+from jaxtyping import PyTree
 
 from .. import _pipeline as pipeline
+from .._compacted import compacted_loop
 from .._config import DEFAULT, Config
 from .._group_weights import GroupWeights
 from .._jit import jit
 from .._model import Model
-from .._pipeline import PipelineState as State
-from .._result import Result, Trace
+from .._result import Result
 from .._validate import mesh_axis, weighted_sigma
 from .._validate_batch import check_batch
 from ._sharded import automatic
@@ -189,104 +187,3 @@ def _solve(model, model_arrays, p0, x, y, sigma, bounds, args, mask, absolute_si
             inputs[0], state), states, inputs)
     states = compacted_loop(pipeline.running, gauss_newton_step, states, inputs)
     return jax.vmap(finish)(inputs, (x, y, sigma, args), mask, states)
-
-
-def compacted_loop(active: Callable[[State], Array],
-                   step: Callable[[PyTree, State], State], states: State, inputs: PyTree,
-                   shrink: int = 8, smallest: int = 16) -> State:
-    """`while active: state = step(inputs, state)` for every problem of a batch, a chunk
-    of B / shrink problems at a time.
-
-    Each turn of one `while` loop gathers the next chunk of active problems (in batch
-    order from where the last chunk ended, cyclically, so each active problem is stepped
-    once per sweep) with their inputs, steps it and scatters it back. Problems that have
-    finished stop costing steps at once, a few slow ones run on in chunks of their own,
-    and `step` is compiled once, for the chunk. A chunk with fewer active problems than its
-    size is filled with finished ones, which the step leaves as they are (`where`), so each
-    problem's states are those of its solo loop. Only the trace entry a step writes is
-    gathered and scattered. A batch smaller than `shrink * smallest` is stepped whole.
-    """
-    def masked_step(inputs, state):
-        return _unless_inactive(active(state), step(inputs, state), state)
-
-    def any_active(carry):
-        return jnp.any(jax.vmap(active)(carry[0]))
-
-    size = jax.tree.leaves(states)[0].shape[0]
-    chunk = size // shrink
-    if chunk < smallest:
-        return jax.lax.while_loop(lambda s: any_active((s,)),
-                                  lambda s: jax.vmap(masked_step)(inputs, s), states)
-
-    def turn(carry):
-        states, cursor = carry
-        index, cursor = _next_chunk(jax.vmap(active)(states), cursor, chunk)
-        sub = _gather_states(states, index)
-        sub = jax.vmap(masked_step)(jax.tree.map(lambda a: a[index], inputs), sub)
-        return _scatter_states(states, index, sub), cursor
-
-    states, _ = jax.lax.while_loop(any_active, turn, (states, jnp.asarray(0)))
-    return states
-
-
-def _next_chunk(on: Array, cursor: Array, chunk: int) -> tuple[Array, Array]:
-    """`(index, cursor)`: `chunk` distinct problems, the first active ones at or after
-    `cursor` (cyclically) and then, when fewer are active, finished ones; and where the
-    next chunk starts."""
-    size = on.shape[0]
-    rolled = jnp.roll(on, -cursor)  # position k: problem (cursor + k) % size
-    running = jnp.nonzero(rolled, size=chunk, fill_value=size)[0]
-    idle = jnp.nonzero(~rolled, size=chunk, fill_value=size)[0]
-    count = jnp.minimum(jnp.sum(rolled), chunk)
-    k = jnp.arange(chunk)
-    position = jnp.where(k < count, running, idle[jnp.maximum(k - count, 0)])
-    last = running[jnp.maximum(count - 1, 0)]
-    return (position + cursor) % size, (cursor + last + 1) % size
-
-
-def _slot(trace: Trace) -> Array:
-    """The entry the next step writes (the last once the trace is full)."""
-    return jnp.minimum(trace.length, trace.cost.shape[-1] - 1)
-
-
-def _gather_states(states: State, index: Array) -> State:
-    """The problems `index` of `states`, each with a one-entry trace: the entry its next
-    step writes."""
-    trace = states.trace
-    slot = _slot(trace)[index]
-    entries = (a[index, slot][:, None] for a in (trace.cost, trace.grad_norm, trace.radius,
-                                                 trace.phase))
-    rest = jax.tree.map(lambda a: a[index], eqx.tree_at(lambda s: s.trace, states, None))
-    return eqx.tree_at(lambda s: s.trace, rest, Trace(*entries, trace.length[index]),
-                       is_leaf=lambda x: x is None)
-
-
-def _scatter_states(states: State, index: Array, sub: State) -> State:
-    """`states` with the problems `index` replaced by `sub` (from `_gather_states`)."""
-    trace = states.trace
-    slot = _slot(trace)[index]
-    entries = (a.at[index, slot].set(b[:, 0], unique_indices=True) for a, b in zip(
-        (trace.cost, trace.grad_norm, trace.radius, trace.phase),
-        (sub.trace.cost, sub.trace.grad_norm, sub.trace.radius, sub.trace.phase), strict=True))
-    trace = Trace(*entries, trace.length.at[index].set(sub.trace.length, unique_indices=True))
-    rest = jax.tree.map(lambda a, b: a.at[index].set(b, unique_indices=True),
-                        eqx.tree_at(lambda s: s.trace, states, None),
-                        eqx.tree_at(lambda s: s.trace, sub, None))
-    return eqx.tree_at(lambda s: s.trace, rest, trace, is_leaf=lambda x: x is None)
-
-
-def _unless_inactive(on, new: State, old: State) -> State:
-    """`new` where the problem is active, else `old`: a select on the small fields, and on
-    the trace only at the entry the step wrote (selecting whole traces cost as much as
-    the step itself for 1e5 problems)."""
-    def keep(a, b):
-        return jnp.where(on, a, b)
-
-    k = jnp.minimum(old.trace.length, old.trace.cost.shape[0] - 1)
-    trace = Trace(*(b.at[k].set(keep(a[k], b[k])) for a, b in zip(
-        (new.trace.cost, new.trace.grad_norm, new.trace.radius, new.trace.phase),
-        (old.trace.cost, old.trace.grad_norm, old.trace.radius, old.trace.phase),
-        strict=True)), keep(new.trace.length, old.trace.length))
-    rest = jax.tree.map(keep, eqx.tree_at(lambda s: s.trace, new, None),
-                        eqx.tree_at(lambda s: s.trace, old, None))
-    return eqx.tree_at(lambda s: s.trace, rest, trace, is_leaf=lambda x: x is None)

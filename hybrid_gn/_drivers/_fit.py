@@ -120,5 +120,5 @@ def fit(
 @functools.partial(jit, static_argnames=("model",))
 def _fit(model, p0, x, y, sigma, bounds, args, mask, absolute_sigma, config: Config) -> Result:
     setup, data = pipeline.prepare(model, p0, x, y, sigma, bounds, args, mask, config)
-    state = pipeline.run(setup, data)
+    state = pipeline.run(setup, data, compact=True)
     return pipeline.finish(setup, state, data, (x, y, sigma, args), mask, absolute_sigma)
