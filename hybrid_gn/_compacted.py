@@ -23,7 +23,8 @@ State = TypeVar("State", bound=eqx.Module)  # a problem's loop state, with a `tr
 
 def compacted_loop(active: Callable[[State], Array],
                    step: Callable[[PyTree, State], State], states: State, inputs: PyTree,
-                   shrink: int = 8, smallest: int = 16) -> State:
+                   shrink: int = 8, smallest: int = 16, batched: PyTree | None = None
+                   ) -> State:
     """`while active: state = step(inputs, state)` for every problem of a batch, a chunk
     of B / shrink problems at a time.
 
@@ -35,9 +36,20 @@ def compacted_loop(active: Callable[[State], Array],
     size is filled with finished ones, which the step leaves as they are (`where`), so each
     problem's states are those of its solo loop. Only the trace entry a step writes is
     gathered and scattered. A batch smaller than `shrink * smallest` is stepped whole.
+
+    `batched` (bools shaped like `inputs`; None: all) marks the inputs with a leading
+    batch axis; the others are shared by every problem, neither gathered nor copied.
     """
     def masked_step(inputs, state):
         return _unless_inactive(active(state), step(inputs, state), state)
+
+    if batched is None:
+        batched = jax.tree.map(lambda _: True, inputs)
+    stepped = jax.vmap(masked_step, in_axes=(
+        jax.tree.map(lambda b: 0 if b else None, batched), 0))
+
+    def take(index):
+        return jax.tree.map(lambda a, b: a[index] if b else a, inputs, batched)
 
     def any_active(carry):
         return jnp.any(jax.vmap(active)(carry[0]))
@@ -46,13 +58,13 @@ def compacted_loop(active: Callable[[State], Array],
     chunk = size // shrink
     if chunk < smallest:
         return jax.lax.while_loop(lambda s: any_active((s,)),
-                                  lambda s: jax.vmap(masked_step)(inputs, s), states)
+                                  lambda s: stepped(inputs, s), states)
 
     def turn(carry):
         states, cursor = carry
         index, cursor = _next_chunk(jax.vmap(active)(states), cursor, chunk)
         sub = _gather_states(states, index)
-        sub = jax.vmap(masked_step)(jax.tree.map(lambda a: a[index], inputs), sub)
+        sub = stepped(take(index), sub)
         return _scatter_states(states, index, sub), cursor
 
     states, _ = jax.lax.while_loop(any_active, turn, (states, jnp.asarray(0)))

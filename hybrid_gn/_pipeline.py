@@ -7,9 +7,9 @@ phases' states, the phase code and the trace). The transitions are
 split around the evaluation of the trial, which a streaming driver does on
 the host, chunk by chunk) or `gauss_newton_step` (the same with the data in
 memory), and `finish` (phase 3). The fused driver runs them in two
-consecutive `lax.while_loop`s (`run`), the batched one under `vmap` in
-compacted loops, multi-start on each survivor, the streaming one as
-separate jitted calls between reads.
+consecutive `lax.while_loop`s (`run`; under `vmap`, `fit`'s and the batched
+driver's loops step only the running problems, `_compacted`), multi-start on
+each survivor, the streaming one as separate jitted calls between reads.
 
 The phases run as two loops over one state rather than one loop switching
 on the phase: under `vmap` a switch on a batched phase runs both branches
@@ -263,7 +263,8 @@ def _loops(setup: Setup, data: Data, state: PipelineState) -> PipelineState:
 
 def _compactable(static: PyTree) -> Callable[[PyTree], PyTree]:
     """`_loops` over the arrays of `(setup, data, state)`, whose rule under `jax.vmap` runs
-    the loops by `compacted_loop` (unbatched arrays are broadcast to the batch)."""
+    the loops by `compacted_loop` (on the problems' own setups and data, and on those
+    shared by all of them, as the vmap has them)."""
     def combined(arrays):
         return eqx.combine(arrays, static)
 
@@ -274,18 +275,19 @@ def _compactable(static: PyTree) -> Callable[[PyTree], PyTree]:
 
     @loops.def_vmap
     def _rule(axis_size, in_batched, arrays):
-        setups, data, states = jax.tree.map(lambda a, batched: a if batched else jnp.broadcast_to(
-            a, (axis_size, *jnp.shape(a))), arrays, in_batched[0])
-        states = eqx.combine(states, static[2])
+        setups, data, states = arrays
+        batched = in_batched[0][:2]  # shared inputs (x, say) stay shared: not copied
+        states = eqx.combine(jax.tree.map(lambda a, b: a if b else jnp.broadcast_to(
+            a, (axis_size, *jnp.shape(a))), states, in_batched[0][2]), static[2])
 
-        def inputs(i):  # the setup and data of the problems `i` of a chunk: arrays only
+        def inputs(i):  # the setup and data of the problems of a chunk: arrays only
             return eqx.combine(i, static[:2])
 
         if static[0].warmup_runs:
             states = compacted_loop(warming_up, lambda i, s: warmup_step(inputs(i)[0], s),
-                                    states, (setups, data))
+                                    states, (setups, data), batched=batched)
         states = compacted_loop(running, lambda i, s: gauss_newton_step(*inputs(i), s),
-                                states, (setups, data))
+                                states, (setups, data), batched=batched)
         out = eqx.filter(states, eqx.is_array)
         return out, jax.tree.map(lambda _: True, out)
 

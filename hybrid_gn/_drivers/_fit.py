@@ -38,8 +38,9 @@ def fit(
 
     The four phases (normalization, L-BFGS warmup, trust-region Gauss-Newton,
     covariance) run inside one compiled function with no host round trips. It
-    is pure and jittable, and vmappable over problems (`fit_batch` fits many
-    problems in one call and lets the finished ones stop). `Result.params` is
+    is pure and jittable, and vmappable over problems: under `jax.vmap` only the
+    problems still running are stepped, in chunks, as in `fit_batch`, which fits
+    many problems (ragged ones too) in one call. `Result.params` is
     differentiable (forward and reverse mode) with respect to `x`, `y`,
     `sigma` and `args` by implicit differentiation at the solution; the other
     fields carry no derivatives.
