@@ -63,10 +63,6 @@ def _dense(rows: Rows) -> Float[Array, "p p"]:
                       for i, row in enumerate(rows)], axis=-2)
 
 
-def _sum(terms, zero):
-    return sum(terms, zero)
-
-
 def _cholesky_rows(a: Rows, shift=None) -> tuple[Rows, Bool[Array, ""]]:
     """Rows of L with L L^T = a + diag(shift), and whether that is numerically positive
     definite (every pivot positive and finite; where not, L is finite but meaningless)."""
@@ -75,13 +71,13 @@ def _cholesky_rows(a: Rows, shift=None) -> tuple[Rows, Bool[Array, ""]]:
     low: list[list] = [[] for _ in range(p)]
     ok = jnp.asarray(True)
     for j in range(p):
-        pivot = a[j][j] + (0 if shift is None else shift[..., j]) - _sum(
+        pivot = a[j][j] + (0 if shift is None else shift[..., j]) - sum(
             (low[j][k] ** 2 for k in range(j)), zero)
         good = jnp.isfinite(pivot) & (pivot > 0)
         ok = ok & good
         low[j].append(jnp.sqrt(jnp.where(good, pivot, 1)))
         for i in range(j + 1, p):
-            low[i].append((a[i][j] - _sum((low[i][k] * low[j][k] for k in range(j)), zero))
+            low[i].append((a[i][j] - sum((low[i][k] * low[j][k] for k in range(j)), zero))
                           / low[j][j])
     return tuple(map(tuple, low)), ok
 
@@ -107,7 +103,7 @@ def solve_lower(low: Lower, b: Float[Array, " p"]) -> Float[Array, " p"]:
     zero = jnp.zeros_like(b[..., 0])
     x: list = []
     for i, row in enumerate(low):
-        x.append((b[..., i] - _sum((row[k] * x[k] for k in range(i)), zero)) / row[i])
+        x.append((b[..., i] - sum((row[k] * x[k] for k in range(i)), zero)) / row[i])
     return jnp.stack(x, axis=-1)
 
 
@@ -119,7 +115,7 @@ def solve_upper(low: Lower, b: Float[Array, " p"]) -> Float[Array, " p"]:
     zero = jnp.zeros_like(b[..., 0])
     x: list = [None] * p
     for i in reversed(range(p)):
-        x[i] = (b[..., i] - _sum((low[k][i] * x[k] for k in range(i + 1, p)), zero)
+        x[i] = (b[..., i] - sum((low[k][i] * x[k] for k in range(i + 1, p)), zero)
                 ) / low[i][i]
     return jnp.stack(x, axis=-1)
 
