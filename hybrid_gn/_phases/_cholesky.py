@@ -46,10 +46,6 @@ def accurate_steps(dtype) -> float:
     return float(jnp.finfo(dtype).eps) ** -0.375
 
 
-def _unrolled(p: int) -> bool:
-    return p <= UNROLLED_MAX_P
-
-
 def _rows(m: Float[Array, "p p"]) -> Rows:
     """The lower triangle of `m` as rows of scalars."""
     return tuple(tuple(m[..., i, j] for j in range(i + 1)) for i in range(m.shape[-1]))
@@ -84,7 +80,7 @@ def _cholesky_rows(a: Rows, shift=None) -> tuple[Rows, Bool[Array, ""]]:
 
 def _symmetric(a: Float[Array, "p p"]) -> Lower:
     """`a` in the form `cholesky` takes: its lower rows when unrolled."""
-    return _rows(a) if _unrolled(a.shape[-1]) else a
+    return _rows(a) if a.shape[-1] <= UNROLLED_MAX_P else a
 
 
 def cholesky(a: Lower, shift: Float[Array, " p"] | None = None) -> tuple[Lower, Bool[Array, ""]]:
@@ -147,11 +143,6 @@ def _scale(a):
     return a / (d[:, None] * d[None, :]), d
 
 
-def _bound(factor_norm2, low: Lower) -> Float[Array, ""]:
-    bound = jnp.sqrt(factor_norm2 * _inverse_norm2(low))
-    return jnp.where(jnp.isfinite(bound), bound, jnp.inf)
-
-
 def factor_normal_equations(jtj: Float[Array, "p p"], jtr: Float[Array, " p"]
                             ) -> tuple[Float[Array, "p p"], Float[Array, " p"],
                                        Float[Array, ""]]:
@@ -165,17 +156,15 @@ def factor_normal_equations(jtj: Float[Array, "p p"], jtr: Float[Array, " p"]
     low, ok = cholesky(_symmetric(scaled))
     lower = _dense(low) if isinstance(low, tuple) else low
     factor = lower.T * d[None, :]
-    # R^-1 = D^-1 L^-T: ||R^-1||_F^2 = ||L^-1 D^-1||_F^2, L^-1 D^-1 = (D L)^-1
-    scaled_rows = (tuple(tuple(v * d[i] for v in row) for i, row in enumerate(low))
-                   if isinstance(low, tuple) else low * d[:, None])
-    condition = _bound(jnp.sum(factor**2), scaled_rows)
-    return factor, solve_lower(low, jtr / d), jnp.where(ok, condition, jnp.inf)
+    return (factor, solve_lower(low, jtr / d),
+            jnp.where(ok, condition_bound(factor), jnp.inf))
 
 
 def condition_bound(factor: Float[Array, "p p"]) -> Float[Array, ""]:
     """||R||_F ||R^-1||_F of an upper triangular R: at least cond(R), at most p cond(R)
     (within a factor 2 of it on random matrices); inf where R is singular."""
-    return _bound(jnp.sum(factor**2), _symmetric(factor.T))
+    bound = jnp.sqrt(jnp.sum(factor**2) * _inverse_norm2(_symmetric(factor.T)))
+    return jnp.where(jnp.isfinite(bound), bound, jnp.inf)
 
 
 def trust_region_step(factor: Float[Array, "p p"], qtr: Float[Array, " p"],
