@@ -91,30 +91,38 @@ def _slot(trace: Trace) -> Array:
     return jnp.minimum(trace.length, trace.cost.shape[-1] - 1)
 
 
+def _records(trace: Trace) -> tuple[Array, ...]:
+    return trace.cost, trace.grad_norm, trace.radius, trace.phase
+
+
+def _without_trace(state: State) -> State:
+    return eqx.tree_at(lambda s: s.trace, state, None)
+
+
+def _with_trace(rest: State, trace: Trace) -> State:
+    return eqx.tree_at(lambda s: s.trace, rest, trace, is_leaf=lambda x: x is None)
+
+
 def _gather_states(states: State, index: Array) -> State:
     """The problems `index` of `states`, each with a one-entry trace: the entry its next
     step writes."""
     trace = states.trace
     slot = _slot(trace)[index]
-    entries = (a[index, slot][:, None] for a in (trace.cost, trace.grad_norm, trace.radius,
-                                                 trace.phase))
-    rest = jax.tree.map(lambda a: a[index], eqx.tree_at(lambda s: s.trace, states, None))
-    return eqx.tree_at(lambda s: s.trace, rest, Trace(*entries, trace.length[index]),
-                       is_leaf=lambda x: x is None)
+    entries = (a[index, slot][:, None] for a in _records(trace))
+    rest = jax.tree.map(lambda a: a[index], _without_trace(states))
+    return _with_trace(rest, Trace(*entries, trace.length[index]))
 
 
 def _scatter_states(states: State, index: Array, sub: State) -> State:
     """`states` with the problems `index` replaced by `sub` (from `_gather_states`)."""
     trace = states.trace
     slot = _slot(trace)[index]
-    entries = (a.at[index, slot].set(b[:, 0], unique_indices=True) for a, b in zip(
-        (trace.cost, trace.grad_norm, trace.radius, trace.phase),
-        (sub.trace.cost, sub.trace.grad_norm, sub.trace.radius, sub.trace.phase), strict=True))
+    entries = (a.at[index, slot].set(b[:, 0], unique_indices=True)
+               for a, b in zip(_records(trace), _records(sub.trace), strict=True))
     trace = Trace(*entries, trace.length.at[index].set(sub.trace.length, unique_indices=True))
     rest = jax.tree.map(lambda a, b: a.at[index].set(b, unique_indices=True),
-                        eqx.tree_at(lambda s: s.trace, states, None),
-                        eqx.tree_at(lambda s: s.trace, sub, None))
-    return eqx.tree_at(lambda s: s.trace, rest, trace, is_leaf=lambda x: x is None)
+                        _without_trace(states), _without_trace(sub))
+    return _with_trace(rest, trace)
 
 
 def _unless_inactive(on, new: State, old: State) -> State:
@@ -124,11 +132,9 @@ def _unless_inactive(on, new: State, old: State) -> State:
     def keep(a, b):
         return jnp.where(on, a, b)
 
-    k = jnp.minimum(old.trace.length, old.trace.cost.shape[0] - 1)
-    trace = Trace(*(b.at[k].set(keep(a[k], b[k])) for a, b in zip(
-        (new.trace.cost, new.trace.grad_norm, new.trace.radius, new.trace.phase),
-        (old.trace.cost, old.trace.grad_norm, old.trace.radius, old.trace.phase),
-        strict=True)), keep(new.trace.length, old.trace.length))
-    rest = jax.tree.map(keep, eqx.tree_at(lambda s: s.trace, new, None),
-                        eqx.tree_at(lambda s: s.trace, old, None))
-    return eqx.tree_at(lambda s: s.trace, rest, trace, is_leaf=lambda x: x is None)
+    k = _slot(old.trace)
+    trace = Trace(*(b.at[k].set(keep(a[k], b[k]))
+                    for a, b in zip(_records(new.trace), _records(old.trace), strict=True)),
+                  keep(new.trace.length, old.trace.length))
+    rest = jax.tree.map(keep, _without_trace(new), _without_trace(old))
+    return _with_trace(rest, trace)
