@@ -23,10 +23,10 @@ State = TypeVar("State", bound=eqx.Module)  # a problem's loop state, with a `tr
 
 def compacted_loop(active: Callable[[State], Array],
                    step: Callable[[PyTree, State], State], states: State, inputs: PyTree,
-                   shrink: int = 8, smallest: int = 16, batched: PyTree | None = None
+                   shrink: int = 32, smallest: int = 128, batched: PyTree | None = None
                    ) -> State:
     """`while active: state = step(inputs, state)` for every problem of a batch, a chunk
-    of B / shrink problems at a time.
+    of max(B / shrink, smallest) problems at a time.
 
     Each turn of one `while` loop gathers the next chunk of active problems (in batch
     order from where the last chunk ended, cyclically, so each active problem is stepped
@@ -35,7 +35,14 @@ def compacted_loop(active: Callable[[State], Array],
     and `step` is compiled once, for the chunk. A chunk with fewer active problems than its
     size is filled with finished ones, which the step leaves as they are (`where`), so each
     problem's states are those of its solo loop. Only the trace entry a step writes is
-    gathered and scattered. A batch smaller than `shrink * smallest` is stepped whole.
+    gathered and scattered. A batch of fewer than two chunks is stepped whole.
+
+    The chunk size trades the tail against the cost of each turn: a few slow problems
+    cost their iterations times the chunk, and every turn has a fixed cost of its own
+    (the step's operations, whatever their size). On two Lorentzians from Gaussian
+    starts (B = 1e4, a few problems running 400 iterations) chunks of B / 32 ran 2.6x
+    as fast as B / 8; below about 128 problems the fixed cost dominates
+    (`benchmarks/RESULTS.md`).
 
     `batched` (bools shaped like `inputs`; None: all) marks the inputs with a leading
     batch axis; the others are shared by every problem, neither gathered nor copied.
@@ -55,8 +62,8 @@ def compacted_loop(active: Callable[[State], Array],
         return jnp.any(jax.vmap(active)(carry[0]))
 
     size = jax.tree.leaves(states)[0].shape[0]
-    chunk = size // shrink
-    if chunk < smallest:
+    chunk = max(size // shrink, smallest)
+    if 2 * chunk > size:
         return jax.lax.while_loop(lambda s: any_active((s,)),
                                   lambda s: stepped(inputs, s), states)
 

@@ -46,23 +46,23 @@ def relative(a, b):
     return np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300))
 
 
-def test_vmap_and_fit_batch_equal_solo_fits_on_160_problems():
+def test_vmap_and_fit_batch_equal_solo_fits_on_320_problems():
     """Each problem of a batch stops on its own: params to 1e-12, and the same Gauss-Newton
     iteration count, status and warmup reason as its solo fit (both batched forms, which
-    step the running problems in chunks of 160 / 8).
+    step the running problems in chunks of 128, wrapping unevenly round the 320).
 
     Solo and batch compiled alike: `jax.vmap(fit)` inside a user's jit against `fit` inside
     a jit, `fit_batch` against a top-level `fit` (both compiled with the library's XLA
     options). Across compilers, rounding differs and answers agree to the resolution of the
     optimum instead (~1e-9 here; see the ragged test)."""
-    y, start = problems(160, seed=1)
+    y, start = problems(320, seed=1)
     vmapped = jax.jit(jax.vmap(lambda y, p0: hybrid_gn.fit(gauss, p0, X, y)))(
         jnp.asarray(y), jnp.asarray(start))
     batch = fit_batch(gauss, jnp.asarray(start), jnp.broadcast_to(X, y.shape), y)
     iterations = np.asarray(batch.gn_iterations)
     assert iterations.min() < iterations.max()  # problems really stop at different times
     in_jit = jax.jit(lambda y, p0: hybrid_gn.fit(gauss, p0, X, y))
-    for i in range(160):
+    for i in range(320):
         top_level = hybrid_gn.fit(gauss, jnp.asarray(start[i]), X, y[i])
         nested = in_jit(jnp.asarray(y[i]), jnp.asarray(start[i]))
         for batched, solo in ((vmapped, nested), (batch, top_level)):
@@ -76,19 +76,19 @@ def test_vmap_and_fit_batch_equal_solo_fits_on_160_problems():
 
 
 def test_vmap_over_starts_with_shared_data_and_its_gradient():
-    """`jax.vmap(fit)` over 160 starts of one problem (the data shared, not batched: the
+    """`jax.vmap(fit)` over 320 starts of one problem (the data shared, not batched: the
     chunks gather only the starts) equals each start's solo fit (params to 1e-12, the same
     iteration count), and d params / d y under `jax.vmap` (forward and reverse mode)
     equals the solo one."""
-    y, start = problems(160, seed=5)
+    y, start = problems(320, seed=5)
     rng = np.random.default_rng(6)
-    starts = jnp.asarray(start[0] * rng.uniform(0.6, 1.4, (160, 4)))
+    starts = jnp.asarray(start[0] * rng.uniform(0.6, 1.4, (320, 4)))
     data = jnp.asarray(y[0])
     fits = jax.jit(jax.vmap(lambda p0: hybrid_gn.fit(gauss, p0, X, data)))(starts)
     in_jit = jax.jit(lambda p0: hybrid_gn.fit(gauss, p0, X, data))
     iterations = np.asarray(fits.gn_iterations)
     assert iterations.min() < iterations.max()
-    for i in range(0, 160, 8):
+    for i in range(0, 320, 8):
         solo = in_jit(starts[i])
         assert relative(fits.params[i], solo.params) <= 1e-12, i
         assert int(fits.gn_iterations[i]) == int(solo.gn_iterations), i
@@ -100,7 +100,7 @@ def test_vmap_over_starts_with_shared_data_and_its_gradient():
     forward = jax.jit(jax.vmap(jax.jacfwd(params)))(ys, p0s)
     reverse = jax.jit(jax.vmap(jax.jacrev(params)))(ys, p0s)
     solo = jax.jit(jax.jacfwd(params))
-    for i in range(0, 160, 32):
+    for i in range(0, 320, 32):
         expected = np.asarray(solo(ys[i], p0s[i]))
         scale = np.max(np.abs(expected))
         np.testing.assert_allclose(forward[i], expected, rtol=0, atol=1e-9 * scale)

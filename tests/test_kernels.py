@@ -405,8 +405,8 @@ def _traced_steps(shrink: int, smallest: int, *args) -> int:
 
 def _scenario(name: str, rng) -> tuple[np.ndarray, int, int]:
     """Step counts per problem, shrink and smallest, for each path through the chunks."""
-    if name == "whole batch: B // shrink below smallest":
-        return rng.integers(0, 13, 127), 8, 16  # 127 // 8 = 15 < 16
+    if name == "whole batch: fewer than two chunks":
+        return rng.integers(0, 13, 31), 8, 16  # chunks of max(31 // 8, 16) = 16 > 31 / 2
     if name == "chunks: all active, then exactly a chunk":
         # 128 // 8 = 16: after 3 steps exactly 16 problems are left
         return rng.permutation(np.r_[np.full(16, 12), rng.integers(0, 4, 111), 3]), 8, 16
@@ -419,13 +419,16 @@ def _scenario(name: str, rng) -> tuple[np.ndarray, int, int]:
         return np.zeros(128, int), 8, 16
     if name == "chunks: small shrink and smallest, uneven":
         return rng.integers(0, 13, 23), 4, 2  # chunks of 5, wrapping round 23 problems
+    if name == "chunks: the smallest chunk above B // shrink":
+        return rng.integers(0, 13, 40), 8, 16  # chunks of max(5, 16) = 16
     raise AssertionError(name)
 
 
 @pytest.mark.parametrize("scenario", [
-    "whole batch: B // shrink below smallest", "chunks: all active, then exactly a chunk",
+    "whole batch: fewer than two chunks", "chunks: all active, then exactly a chunk",
     "chunks: fewer active than a chunk", "chunks: few active from the start",
-    "chunks: nothing to do", "chunks: small shrink and smallest, uneven"])
+    "chunks: nothing to do", "chunks: small shrink and smallest, uneven",
+    "chunks: the smallest chunk above B // shrink"])
 def test_compacted_loop_equals_plain_loop(scenario):
     """Each problem's final state and trace (values, step counts, every trace entry including
     the clamped last one, the untouched NaN ones) are exactly those of its own plain loop

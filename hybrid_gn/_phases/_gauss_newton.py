@@ -195,23 +195,26 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upp
     ratio = jnp.where(predicted > 0, actual / jnp.where(predicted > 0, predicted, 1), 0)
     good = new.finite & (predicted > 0) & (actual > config.accept_ratio * predicted)
     step_norm = jnp.linalg.norm(step)
-    # ftol, MINPACK's second form: a full (not radius-limited) Gauss-Newton step
-    # that promised at most ftol and changed the cost by no more than the cost can
-    # resolve (sqrt(eps) relative, far above the rounding of a sum of squares: the
-    # rounding of `actual` depends on how the program was compiled, and a batch and a
-    # single fit must decide alike), either sign. The cost cannot tell the two points
-    # apart, and a ratio of two rounding-level numbers would reject such steps
-    # forever. The step is taken: the point after a full Gauss-Newton step is the
-    # optimum to second order, so the answer does not depend on that rounding.
+    # A full (not radius-limited) Gauss-Newton step that promised, and changed the cost
+    # by, no more than the cost can resolve (sqrt(eps) relative, far above the rounding
+    # of a sum of squares: the rounding of `actual` depends on how the program was
+    # compiled, and a batch and a single fit must decide alike), either sign, is taken
+    # without judging its ratio: a ratio of two rounding-level numbers would reject it
+    # at random, and the rejection would collapse the radius (the fit then crawls on
+    # in radius-limited steps, and a batch and a single fit run apart by several
+    # iterations). The point after a full Gauss-Newton step is the optimum to second
+    # order, so the answer does not depend on that rounding. Where the step also
+    # promised at most ftol, it ends the fit (ftol, MINPACK's second form).
     full_step = step_norm < 0.99 * state.radius
     resolution = jnp.maximum(config.ftol, jnp.sqrt(jnp.finfo(eq.cost.dtype).eps))
-    noise_level = (state.started & new.finite & full_step & (predicted <= config.ftol * eq.cost)
-                   & (jnp.abs(actual) <= resolution * eq.cost))
-    accept = jnp.where(state.started, good | noise_level, True)
+    unresolved = (state.started & new.finite & full_step & (predicted <= resolution * eq.cost)
+                  & (jnp.abs(actual) <= resolution * eq.cost))
+    noise_level = unresolved & (predicted <= config.ftol * eq.cost)
+    accept = jnp.where(state.started, good | unresolved, True)
 
     u_next = jnp.where(accept, trial, u)
     eq_next = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, eq)
-    shrink = ~new.finite | (ratio < 0.25)
+    shrink = ~new.finite | ((ratio < 0.25) & ~unresolved)
     grow = (ratio > 0.75) & (step_norm > 0.95 * state.radius)
     radius = jnp.where(shrink, config.radius_shrink * step_norm,
                        jnp.where(grow, jnp.maximum(state.radius, 2 * step_norm), state.radius))
