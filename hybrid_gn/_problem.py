@@ -102,16 +102,13 @@ def make_problem(model: Callable, p0: PyTree, bounds, config: Config, dtype,
     p0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), p0)
     theta0, unravel = ravel(p0)
     lb, ub = flat_bounds(bounds, p0, dtype)
-    influence = reach = None
+    influence = None
     if sample is not None:
         identity = Normalization(jnp.zeros_like(theta0), jnp.ones_like(theta0))
         in_theta = Problem(model, unravel, identity, lb, ub, theta0).residual(model_args)
-        without_matrix = matrix_free(config, theta0.shape[0])
         influence = parameter_influence(in_theta, theta0, sample, config.jacobian,
-                                        without_matrix)
-        if not without_matrix and config.jacobian != "reverse":
-            reach = measured_reach(in_theta, theta0, sample)
-    norm = make_normalization(theta0, lb, ub, config.normalization, influence, reach)
+                                        matrix_free(config, theta0.shape[0]))
+    norm = make_normalization(theta0, lb, ub, config.normalization, influence)
     lower, upper = norm.bounds(lb, ub)
     u0 = jnp.clip(norm.to_normalized(theta0), lower, upper)
     return Problem(model, unravel, norm, lb, ub, u0)
@@ -127,35 +124,6 @@ def parameter_influence(residual: ResidualFn, theta, sample: Data,
     forward = use_forward_mode(mode, theta.shape[0], sample.n)
     acc = fold_chunk(residual, theta, acc, sample.x, sample.y, sample.weight, forward)
     return jnp.sqrt(jnp.diagonal(acc.jtj))
-
-
-def parameter_reach(residual: ResidualFn, theta, sample: Data) -> Float[Array, " p"]:
-    """||d r / d theta_j|| / ||d^2 r / d theta_j^2|| over the sample: how far theta_j
-    moves before its Jacobian column changes by its own size, i.e. the extent of its
-    linear model; inf for a parameter the model is linear in (an amplitude, an offset).
-    One forward-over-forward derivative per parameter."""
-    def along(e):
-        def tangent(t):
-            return jax.jvp(lambda s: residual(s, sample.x, sample.y, sample.weight), (t,),
-                           (e,))[1]
-
-        column, second = jax.jvp(tangent, (theta,), (e,))
-        return jnp.linalg.norm(column), jnp.linalg.norm(second)
-
-    column, second = jax.vmap(along)(jnp.eye(theta.shape[0], dtype=theta.dtype))
-    return jnp.where(second > 0, column / jnp.where(second > 0, second, 1), jnp.inf)
-
-
-def measured_reach(residual: ResidualFn, theta, sample: Data) -> Float[Array, " p"] | None:
-    """`parameter_reach`, or None where the model has no second derivative: one
-    evaluated on the host with a given or finite-difference Jacobian (`_host`: its
-    derivative is a callback, which JAX does not differentiate), a custom rule without
-    a forward derivative of its own. Such a model is scaled by the rule for linear
-    parameters (`_normalize`)."""
-    try:
-        return parameter_reach(residual, theta, sample)
-    except (ValueError, TypeError):  # what JAX raises at trace time for those
-        return None
 
 
 def flat_bounds(bounds, p0: PyTree, dtype, xp=jnp) -> tuple[jax.Array, jax.Array]:

@@ -4,7 +4,7 @@ The same transitions as `fit` (`_pipeline`), vmapped, with the loops driven
 here: every problem keeps its own state and status, a problem that has
 stopped is frozen while the others run on, so its answer equals its solo
 fit, and the problems still running are stepped in gathered chunks of
-B / 8, so finished ones cost nothing (`compacted_loop`). Problems with fewer
+max(B / 32, 128), so finished ones cost nothing (`compacted_loop`). Problems with fewer
 points are padded to the longest with masked (weight-0) points, which add
 nothing to any sum.
 """
@@ -51,8 +51,8 @@ def fit_batch(
     For many problems of the same model (spectra, pixels, sensors): each
     problem keeps its own state and status, and a problem that has stopped is
     frozen while the others run on, so its answer equals its solo fit. In a
-    batch of 128 problems or more, the active problems are stepped in gathered
-    chunks of B / 8, so the slow few do not make the finished ones pay for
+    batch of 256 problems or more, the active problems are stepped in gathered
+    chunks of max(B / 32, 128), so the slow few do not make the finished ones pay for
     full iterations. Problems of different lengths (ragged) are padded
     to the longest with weight-0 points, which add nothing to any sum. A
     problem with NaN data (`check_finite=False`), a model that returns Inf

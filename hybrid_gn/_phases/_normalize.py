@@ -5,31 +5,16 @@ theta = offset + scale * u. Per parameter, strategy `bounds` maps [lb, ub] to
 identity, and `auto` uses `bounds` where both bounds are finite, else `p0`.
 The scale is also the diagonal Jacobian d theta / d u used by the covariance.
 
-|p0| is no scale when p0 is near 0 by accident (a centre at 3e-6, or at 0.03,
-where the data spans units): the trust region, a ball in normalized
-coordinates, then all but freezes that parameter (a descent step moves it
-by scale^2 times its gradient), and a fit from two peaks started near the
-same place merges them into one with amplitudes of opposite sign running
-off to infinity instead of moving the centres apart. Two measurements at p0,
-on the warmup sample, raise such scales:
-
-- a parameter's influence ||d r / d theta_j|| and its reach, the extent
-  ||d r / d theta_j|| / ||d^2 r / d theta_j^2|| of its linear model (how far
-  it moves before its Jacobian column changes by its own size). A parameter
-  the model is nonlinear in gets a scale of at least its reach, up to the
-  scale at which its normalized influence equals the largest one: a centre
-  near 0 gets about its peak's width, while an exponent in saturation (its
-  column changes fast) or a width (reach about its own size) keeps |p0|.
-- a parameter the model is linear in (an amplitude, an offset: reach inf)
-  has no such extent; its |p0| is kept, unless it is both nearly without
-  influence and near zero (|p0| below `NEAR_ZERO` of the largest |p0|),
-  when it is raised until its normalized influence is
-  `MIN_RELATIVE_INFLUENCE` of the largest. An amplitude far off at p0 (NIST
-  MGH10's b1 = 2 beside 4e5) is no accident of zero and keeps |p0|: raising
-  it lost that fit.
-
-Where the reach is not measured (the matrix-free path, `jacobian="reverse"`)
-every parameter follows the linear rule.
+|p0| is no scale when p0 is near 0 by accident (a centre at 3e-6 where the
+data spans units): such a parameter barely moves the residuals per
+normalized unit, the trust region needs ~20 doublings to reach it, and
+cond(J) is inflated by 1/|p0| for no reason in the data (enough to force
+the slower QR route). Given each parameter's influence ||d r / d theta_j||
+at p0, a `p0` scale is raised until the normalized influence is
+`MIN_RELATIVE_INFLUENCE` of the largest, but only for a parameter that is
+both nearly without influence and near zero (|p0| below `NEAR_ZERO` of the
+largest |p0|): a parameter of ordinary size with little influence at p0
+(an exponent in saturation, say) keeps |p0|, as its true scale is unknown.
 """
 
 from __future__ import annotations
@@ -60,20 +45,17 @@ MIN_RELATIVE_INFLUENCE = 1e-2
 NEAR_ZERO = 1e-3
 
 
-def make_normalization(p0, lb, ub, strategy: Strategy, influence=None,
-                       reach=None) -> Normalization:
+def make_normalization(p0, lb, ub, strategy: Strategy, influence=None) -> Normalization:
     """Build the map for flat `p0` and bounds `lb`, `ub` (same shape, may be inf).
 
-    `influence` and `reach` (optional, flat like p0): ||d r / d theta_j|| and the
-    extent of each parameter's linear model at p0 (inf where linear), which floor the
-    `p0` scales (see the module docstring).
+    `influence` (optional, flat like p0): ||d r / d theta_j|| at p0, which
+    floors the `p0` scales (see the module docstring).
     """
     one = jnp.ones_like(p0)
     zero = jnp.zeros_like(p0)
     p0_scale = jnp.where(p0 != 0, jnp.abs(p0), one)
     if influence is not None:
-        p0_scale = _floored(p0_scale, influence, jnp.abs(p0) < NEAR_ZERO * jnp.max(jnp.abs(p0)),
-                            reach)
+        p0_scale = _floored(p0_scale, influence, jnp.abs(p0) < NEAR_ZERO * jnp.max(jnp.abs(p0)))
     finite = jnp.isfinite(lb) & jnp.isfinite(ub)
     width = jnp.where(finite, ub - lb, one)
     lower = jnp.where(finite, lb, zero)
@@ -86,18 +68,11 @@ def make_normalization(p0, lb, ub, strategy: Strategy, influence=None,
     return Normalization(lower, jnp.where(finite, width, p0_scale))
 
 
-def _floored(scale, influence, near_zero, reach=None):
-    """`scale` raised: a nonlinear parameter's to its reach, at most until its
-    normalized influence is the largest; a linear one's (every one without `reach`)
-    where near zero and its normalized influence is below MIN_RELATIVE_INFLUENCE of the
-    largest, to that level."""
+def _floored(scale, influence, near_zero):
+    """`scale`, raised where near zero and `influence * scale` is below
+    MIN_RELATIVE_INFLUENCE of its maximum."""
     usable = jnp.isfinite(influence) & (influence > 0)
     normalized = jnp.where(usable, influence * scale, 0)
-    largest = jnp.max(normalized)
-    per_influence = largest / jnp.where(usable, influence, 1)
-    linear = jnp.ones_like(usable) if reach is None else jnp.isinf(reach)
-    floor = jnp.where(usable & near_zero & linear, MIN_RELATIVE_INFLUENCE * per_influence, 0)
-    if reach is not None:
-        nonlinear = usable & ~linear & jnp.isfinite(reach) & (reach > 0)
-        floor = jnp.maximum(floor, jnp.where(nonlinear, jnp.minimum(reach, per_influence), 0))
-    return jnp.where(jnp.isfinite(largest), jnp.maximum(scale, floor), scale)
+    target = MIN_RELATIVE_INFLUENCE * jnp.max(normalized)
+    floor = jnp.where(usable & near_zero, target / jnp.where(usable, influence, 1), 0)
+    return jnp.where(jnp.isfinite(target), jnp.maximum(scale, floor), scale)
