@@ -81,7 +81,8 @@ def test_vmap_over_starts_with_shared_data_and_its_gradient():
     """`jax.vmap(fit)` over 320 starts of one problem (the data shared, not batched: the
     chunks gather only the starts) equals each start's solo fit (params to 1e-12, the same
     iteration count), and d params / d y under `jax.vmap` (forward and reverse mode)
-    equals the solo one."""
+    equals the solo one. (When a full step at the cost's resolution was judged by its
+    ratio, 5 of these starts stopped 2-6 iterations apart from their solo fits.)"""
     y, start = problems(320, seed=5)
     rng = np.random.default_rng(6)
     starts = jnp.asarray(start[0] * rng.uniform(0.6, 1.4, (320, 4)))
