@@ -10,8 +10,6 @@ rather than being a Gauss-Newton step scaled down.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
@@ -20,161 +18,28 @@ from .._control import run_if
 from . import _cholesky as cholesky
 
 _NEWTON_ITERATIONS = 40
-JACOBI_MAX_P = 8  # up to this many columns, SVDs are one-sided Jacobi in plain jnp ops
-# up to this size, eigendecompositions are unrolled scalar Jacobi rotations: fastest under
-# vmap, but the program grows as p^3 (compile time); larger: the one-sided Jacobi SVD
-UNROLLED_MAX_P = 4
-_JACOBI_MAX_SWEEPS = 16
 
 
 def svd(a: Float[Array, "m p"]) -> tuple[Float[Array, "m p"], Float[Array, " p"],
                                         Float[Array, "p p"]]:
-    """Thin SVD `a = u @ diag(sv) @ vt`, singular values descending.
+    """Thin SVD `a = u @ diag(sv) @ vt`, singular values descending (LAPACK).
 
-    For p <= JACOBI_MAX_P a one-sided (Hestenes) Jacobi SVD written in
-    elementwise jnp operations: under `vmap` it runs as wide vector code
-    rather than one LAPACK call per problem (measured: 1e4 batched 4x4 SVDs
-    40 ms through LAPACK), it is accurate to the conditioning of `a` (high
-    relative accuracy, Demmel & Veselic 1992), and its result for one
-    problem does not depend on the batch around it. Larger p: LAPACK.
+    Only the rare routes take it (an ill-conditioned or rank-deficient step, the
+    covariance): the well-conditioned steps of small fits are Cholesky
+    (`_cholesky`), and under `vmap` a route runs only when some problem takes it.
+    LAPACK's small program keeps the compile short; an unrolled Jacobi SVD in
+    elementwise operations was measured no faster per fit on six families of
+    1e4 small fits, with a 1.2x longer compile.
     """
-    if a.shape[1] > JACOBI_MAX_P:
-        u, sv, vt = jnp.linalg.svd(a, full_matrices=False)
-        return u, sv, vt
-    return _jacobi_svd(a)
+    u, sv, vt = jnp.linalg.svd(a, full_matrices=False)
+    return u, sv, vt
 
 
 def symmetric_eigen(a: Float[Array, "p p"]) -> tuple[Float[Array, " p"], Float[Array, "p p"]]:
-    """Eigenvalues and eigenvectors (as rows) of a symmetric `a`, in no particular order.
-
-    For p <= UNROLLED_MAX_P cyclic Jacobi in scalar jnp operations (see
-    `_jacobi_eigen`), accurate to the conditioning of `a` scaled to a unit
-    diagonal when `a` is positive definite (measured on 1e4 fits of 4
-    parameters: 1.7x the fits per second of the SVD route); larger p: `svd`
-    (the SVD of a symmetric positive semi-definite matrix is its
-    eigendecomposition).
-    """
-    if a.shape[0] > UNROLLED_MAX_P:
-        _, eigval, eigvec_t = svd(a)
-        return eigval, eigvec_t
-    return _jacobi_eigen(a)
-
-
-def _jacobi_eigen(a):
-    # Cyclic two-sided Jacobi on the symmetric a, accumulating the rotations
-    # into v (whose columns end as the eigenvectors). The matrices are held
-    # as tuples of scalars: under vmap each entry is a contiguous (B,) array,
-    # so the rotations are plain vector arithmetic with no gathers or
-    # transposes. A rotation is skipped (exactly: c = 1, s = 0) once
-    # |a_ij| <= eps sqrt(a_ii a_jj), the relative criterion under which Jacobi
-    # is accurate for positive definite matrices (Demmel & Veselic 1992).
-    p = a.shape[0]
-    eps = jnp.finfo(a.dtype).eps
-    pairs = [(i, j) for i in range(p - 1) for j in range(i + 1, p)]
-
-    def off_diagonal(aii, ajj, aij):
-        """Whether a_ij still counts: the rotation criterion and the convergence test."""
-        return jnp.abs(aij) > eps * jnp.sqrt(jnp.abs(aii)) * jnp.sqrt(jnp.abs(ajj))
-
-    def unconverged(am):
-        return functools.reduce(jnp.logical_or, [
-            off_diagonal(am[i][i], am[j][j], am[i][j]) for i, j in pairs], jnp.asarray(False))
-
-    def sweep(carry):
-        am, vm, _, count = carry
-        am, vm = [list(row) for row in am], [list(row) for row in vm]
-        for i, j in pairs:
-            aii, ajj, aij = am[i][i], am[j][j], am[i][j]
-            active = off_diagonal(aii, ajj, aij)
-            theta = (ajj - aii) / (2 * jnp.where(active, aij, 1))
-            t = jnp.where(theta >= 0, 1, -1) / (jnp.abs(theta) + jnp.sqrt(1 + theta * theta))
-            t = jnp.where(active & jnp.isfinite(t), t, 0)
-            c = 1 / jnp.sqrt(1 + t * t)
-            s = c * t
-            am[i][i], am[j][j] = aii - t * aij, ajj + t * aij
-            am[i][j] = am[j][i] = jnp.where(active, 0, aij)
-            for k in range(p):
-                if k not in (i, j):
-                    aki, akj = am[k][i], am[k][j]
-                    am[k][i] = am[i][k] = c * aki - s * akj
-                    am[k][j] = am[j][k] = s * aki + c * akj
-                vki, vkj = vm[k][i], vm[k][j]
-                vm[k][i], vm[k][j] = c * vki - s * vkj, s * vki + c * vkj
-        am, vm = tuple(map(tuple, am)), tuple(map(tuple, vm))
-        return am, vm, unconverged(am), count + 1
-
-    def entries(m):
-        return tuple(tuple(m[i, j] for j in range(p)) for i in range(p))
-
-    start = (entries(a), entries(jnp.eye(p, dtype=a.dtype)), unconverged(entries(a)),
-             jnp.asarray(0))
-    am, vm, _, _ = jax.lax.while_loop(lambda c: c[2] & (c[3] < _JACOBI_MAX_SWEEPS), sweep,
-                                      start)
-    eigval = jnp.stack([am[i][i] for i in range(p)])
-    vt = jnp.stack([jnp.stack([vm[k][i] for k in range(p)]) for i in range(p)])
-    return eigval, vt
-
-
-def _rotation(alpha, beta, gamma, eps):
-    """Cosine and sine of the rotation that makes columns of squared norms alpha, beta and
-    inner product gamma orthogonal, and whether it is made: not (c = 1, s = 0) once
-    |gamma| <= eps sqrt(alpha) sqrt(beta) (relative, so accurate to the conditioning of the
-    matrix, Demmel & Veselic 1992; the product of square roots does not overflow)."""
-    active = jnp.abs(gamma) > eps * jnp.sqrt(alpha) * jnp.sqrt(beta)
-    zeta = (beta - alpha) / (2 * jnp.where(active, gamma, 1))
-    t = jnp.where(zeta >= 0, 1, -1) / (jnp.abs(zeta) + jnp.sqrt(1 + zeta * zeta))
-    t = jnp.where(active & jnp.isfinite(t), t, 0)
-    c = 1 / jnp.sqrt(1 + t * t)
-    return c, c * t, active
-
-
-def _jacobi_svd(a):
-    """One-sided (Hestenes) Jacobi in round-robin order, p/2 disjoint pairs at once.
-
-    Held as two halves (rows: the columns of a^T): top[k] pairs with bottom[k]; after a
-    round the columns move by the round-robin shift (the first fixed, the others one place
-    round the cycle), made of static slices and concatenations (no
-    gathers, which are slow under `vmap` on CPU: 1.8x faster on 1e4 batched SVDs of 5 x 5
-    and 8 x 8); after p - 1 rounds they are back in place. The program is a few whole-array
-    operations per round, p - 1 rounds per sweep: rotating one column pair at a time (p^2/2
-    rotations per sweep) was faster again but grew the compile of a p = 8 fit ~1.8x.
-    """
-    p = a.shape[1]
-    even = p + p % 2
-    half = even // 2
-    eps = jnp.finfo(a.dtype).eps
-    at = jnp.pad(a.T, ((0, even - p), (0, 0)))  # a zero column never rotates
-    vt = jnp.eye(even, dtype=a.dtype)
-
-    def shift(top, bot):
-        if half == 1:
-            return top, bot
-        return (jnp.concatenate([top[:1], bot[:1], top[1:half - 1]]),
-                jnp.concatenate([bot[1:], top[half - 1:]]))
-
-    def sweep(carry):
-        (top, bot, vtop, vbot), _, count = carry
-        rotated = jnp.asarray(False)
-        for _ in range(even - 1):
-            c, s, active = _rotation(jnp.sum(top * top, axis=1), jnp.sum(bot * bot, axis=1),
-                                     jnp.sum(top * bot, axis=1), eps)
-            c, s = c[:, None], s[:, None]
-            top, bot = shift(c * top - s * bot, s * top + c * bot)
-            vtop, vbot = shift(c * vtop - s * vbot, s * vtop + c * vbot)
-            rotated = rotated | jnp.any(active)
-        return (top, bot, vtop, vbot), rotated, count + 1
-
-    mats = (at[:half], at[half:][::-1], vt[:half], vt[half:][::-1])
-    (top, bot, vtop, vbot), _, _ = jax.lax.while_loop(
-        lambda c: c[1] & (c[2] < _JACOBI_MAX_SWEEPS), sweep,
-        (mats, jnp.asarray(p > 1), jnp.asarray(0)))
-    at = jnp.concatenate([top, bot[::-1]])[:p]
-    vt = jnp.concatenate([vtop, vbot[::-1]])[:p, :p]
-    sv = jnp.sqrt(jnp.sum(at * at, axis=1))
-    order = jnp.argsort(-sv, stable=True)
-    sv, at, vt = sv[order], at[order], vt[order]
-    u = (at / jnp.where(sv > 0, sv, 1)[:, None]).T
-    return u, sv, vt
+    """Eigenvalues and eigenvectors (as rows) of a symmetric `a`, ascending (LAPACK, for
+    the same reason as `svd`)."""
+    eigval, eigvec = jnp.linalg.eigh(a)
+    return eigval, eigvec.T
 
 
 def trust_region_step(
