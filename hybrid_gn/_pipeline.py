@@ -328,7 +328,8 @@ def parameter_covariance(setup: Setup, gs: GaussNewtonState, n_points, absolute_
     if setup.matrix_free:  # dense within the budget: J^T J formed once, at the end
         model = accumulate.linearize(setup.residual, gs.u, data, config.jacobian, "normal",
                                      False, setup.loss)
-    pcov = covariance(model.factor, model.cost, scale, n_points, absolute_sigma)
+    pcov = covariance(model.factor, model.cost, scale, n_points, absolute_sigma,
+                      ~model.orthogonal_rows)
     return jnp.diagonal(pcov) if kind == "diagonal" else pcov
 
 

@@ -53,7 +53,8 @@ def _as_values(p0, x, y, sigma, bounds, mask) -> Values:
         lower, upper = (np.asarray(b) for b in jax.vmap(
             lambda p, b: flat_bounds(b, p, theta0.dtype))(p0, bounds))
     return Values(theta0, lower, upper, [np.asarray(leaf) for leaf in jax.tree.leaves(x)],
-                  np.asarray(y), None if sigma is None else np.asarray(sigma), np.asarray(mask))
+                  np.asarray(y), None if sigma is None else np.asarray(sigma),
+                  np.ones(np.shape(y), bool) if mask is None else np.asarray(mask))
 
 
 def batch_bounds(bounds, p0, batch: int) -> tuple | None:
@@ -93,7 +94,8 @@ def _broadcast(tree, batch: int):
 
 
 def pad_ragged(x, y, sigma=None):
-    """Stack B problems into (B, n_max) arrays and a (B, n_max) mask of real points.
+    """Stack B problems into (B, n_max) arrays and a (B, n_max) mask of real points (None
+    when `y` is one (B, n) array: every point is real).
 
     Padding repeats each problem's last x (a point where the model is known to
     be finite), with y = 0, sigma = 1 and mask False.
@@ -103,7 +105,7 @@ def pad_ragged(x, y, sigma=None):
         if y.ndim != 2:
             raise ValueError(f"y must be (B, n) or a sequence of 1-D arrays, got shape {y.shape}")
         sigma = None if sigma is None else real_array("sigma", sigma)
-        return native_tree(x), y, sigma, jnp.ones(y.shape, bool)
+        return native_tree(x), y, sigma, None
     return _pad_sequences(x, y, sigma)
 
 

@@ -253,6 +253,34 @@ def test_pinv_gram_closed_form():
     np.testing.assert_array_equal(got[3], np.zeros((4, 4)))
 
 
+@pytest.mark.parametrize("p", [3, 8, 10])
+def test_pinv_gram_of_triangular_factors(p):
+    """A triangular R (the Cholesky and QR routes) takes R^-1 R^-T where nothing would be
+    dropped (unrolled up to 8 columns, LAPACK above), and the SVD elsewhere, under one
+    `vmap`: well conditioned, graded (cond ~1e4), near the cutoff (one singular value
+    1e-8 below the largest, cutoff 1e-6: dropped), an exact zero diagonal entry, and
+    the zero matrix; each as `numpy.linalg.pinv` of R^T R with the same cutoff on the
+    singular values of R."""
+    rng = np.random.default_rng(p)
+    well = np.triu(rng.standard_normal((p, p))) + 3 * np.eye(p)
+    graded = well * np.logspace(0, -4, p)[None, :]
+    u, sv, vt = np.linalg.svd(well)
+    cut = np.linalg.qr(((u * np.r_[sv[:-1], 1e-8 * sv[0]]) @ vt))[1]
+    zero_pivot = well.copy()
+    zero_pivot[p // 2, p // 2:] = 0
+    cases = [well, graded, cut, zero_pivot, np.zeros((p, p))]
+    rcond = 1e-6
+    got = np.asarray(jax.jit(jax.vmap(lambda r: linalg.pinv_gram(r, rcond, True)))(
+        jnp.asarray(np.stack(cases))))
+    for name, r, g in zip(["well", "graded", "cut", "zero pivot", "zero"], cases, got,
+                          strict=True):
+        s = np.linalg.svd(r, compute_uv=False)
+        ref = np.linalg.pinv(r.T @ r, rcond=rcond**2 * (s[0] > 0), hermitian=True)
+        scale = max(np.max(np.abs(ref)), 1e-300)
+        np.testing.assert_allclose(g, ref, rtol=0, atol=1e-9 * scale, err_msg=name)
+    assert np.all(np.isfinite(got))
+
+
 # --------------------------------------------------------------------------------------------
 # 2. compacted_loop against the plain loop
 # --------------------------------------------------------------------------------------------

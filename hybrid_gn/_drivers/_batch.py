@@ -1,10 +1,10 @@
 """`fit_batch`: many independent problems in one call, ragged sizes padded with weight 0.
 
-The same transitions as `fit` (`_pipeline`), vmapped, with the loops driven
-here: every problem keeps its own state and status, a problem that has
-stopped is frozen while the others run on, so its answer equals its solo
-fit, and the problems still running are stepped in gathered chunks of
-max(B / 32, 128), so finished ones cost nothing (`compacted_loop`). Problems with fewer
+`fit`'s pipeline (`_pipeline`), vmapped: every problem keeps its own state
+and status, a problem that has stopped is frozen while the others run on, so
+its answer equals its solo fit, and the problems still running are stepped in
+gathered chunks of max(B / 32, 128), so finished ones cost nothing
+(`pipeline.run`, `compacted_loop`). Problems with fewer
 points are padded to the longest with masked (weight-0) points, which add
 nothing to any sum.
 """
@@ -19,7 +19,6 @@ from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import PyTree
 
 from .. import _pipeline as pipeline
-from .._compacted import compacted_loop
 from .._config import DEFAULT, Config
 from .._group_weights import GroupWeights
 from .._jit import jit
@@ -162,28 +161,14 @@ def _batched(model, model_arrays, p0, x, y, sigma, bounds, args, mask, absolute_
 
 def _solve(model, model_arrays, p0, x, y, sigma, bounds, args, mask, absolute_sigma,
            config) -> Result:
-    """Every problem of the batch, each by the pipeline's transitions (vmapped)."""
+    """Every problem of the batch by `fit`'s pipeline, vmapped: inside one `vmap` what the
+    problems share (the unit weights of unmasked data, say) stays shared, and
+    `pipeline.run` steps the running problems in compacted chunks."""
     # the model's arrays are shared by every problem: closed over, not batched
-    def prepare(p0, x, y, sigma, bounds, args, mask):
-        return pipeline.prepare(model, p0, x, y, sigma, bounds, (model_arrays, args), mask,
-                                config)
+    def one(p0, x, y, sigma, bounds, args, mask):
+        eta = (x, y, sigma, (model_arrays, args))
+        setup, data = pipeline.prepare(model, p0, *eta[:3], bounds, eta[3], mask, config)
+        state = pipeline.run(setup, data, compact=True)
+        return pipeline.finish(setup, state, data, eta, mask, absolute_sigma)
 
-    # phase 0 once per problem, outside the loops (the steps only read its result)
-    setups, data = jax.vmap(prepare)(p0, x, y, sigma, bounds, args, mask)
-    inputs = (setups, data)
-
-    def gauss_newton_step(inputs, state):
-        return pipeline.gauss_newton_step(*inputs, state)
-
-    def finish(inputs, eta, mask, state):
-        setup, data = inputs
-        x, y, sigma, args = eta
-        return pipeline.finish(setup, state, data, (x, y, sigma, (model_arrays, args)), mask,
-                               absolute_sigma)
-
-    states = jax.vmap(pipeline.start)(setups)
-    if setups.warmup_runs:
-        states = compacted_loop(pipeline.warming_up, lambda inputs, state: pipeline.warmup_step(
-            inputs[0], state), states, inputs)
-    states = compacted_loop(pipeline.running, gauss_newton_step, states, inputs)
-    return jax.vmap(finish)(inputs, (x, y, sigma, args), mask, states)
+    return jax.vmap(one)(p0, x, y, sigma, bounds, args, mask)

@@ -78,13 +78,14 @@ def _cholesky_rows(a: Rows, shift=None) -> tuple[Rows, Bool[Array, ""]]:
     return tuple(map(tuple, low)), ok
 
 
-def _symmetric(a: Float[Array, "p p"]) -> Lower:
-    """`a` in the form `cholesky` takes: its lower rows when unrolled."""
+def lower_rows(a: Float[Array, "p p"]) -> Lower:
+    """The lower triangle of `a` in the form `cholesky` and the substitutions take: its
+    rows of scalars up to `UNROLLED_MAX_P`, else the matrix itself."""
     return _rows(a) if a.shape[-1] <= UNROLLED_MAX_P else a
 
 
 def cholesky(a: Lower, shift: Float[Array, " p"] | None = None) -> tuple[Lower, Bool[Array, ""]]:
-    """L with L L^T = a + diag(shift) (a symmetric, from `_symmetric`), and whether that
+    """L with L L^T = a + diag(shift) (a symmetric, from `lower_rows`), and whether that
     is numerically positive definite."""
     if isinstance(a, tuple):
         return _cholesky_rows(a, shift)
@@ -116,19 +117,27 @@ def solve_upper(low: Lower, b: Float[Array, " p"]) -> Float[Array, " p"]:
     return jnp.stack(x, axis=-1)
 
 
-def _inverse_norm2(low: Lower) -> Float[Array, ""]:
-    """||L^-1||_F^2 of a lower triangular L."""
+def inverse_lower(low: Lower) -> Float[Array, "p p"]:
+    """L^-1 of a lower triangular L (rows or a matrix), as a dense matrix."""
     if not isinstance(low, tuple):
         eye = jnp.eye(low.shape[-1], dtype=low.dtype)
-        return jnp.sum(jsl.solve_triangular(low, eye, lower=True) ** 2)
+        return jsl.solve_triangular(low, eye, lower=True)
     # column j of X = L^-1: X_jj = 1 / L_jj, X_ij = -sum_{j<=k<i} L_ik X_kj / L_ii
-    total = jnp.zeros_like(low[0][0])
-    for j in range(len(low)):
-        column = {j: 1 / low[j][j]}
-        for i in range(j + 1, len(low)):
+    p = len(low)
+    zero = jnp.zeros_like(low[0][0])
+    columns = []
+    for j in range(p):
+        column = [zero] * p
+        column[j] = 1 / low[j][j]
+        for i in range(j + 1, p):
             column[i] = -sum(low[i][k] * column[k] for k in range(j, i)) / low[i][i]
-        total = total + sum(v**2 for v in column.values())
-    return total
+        columns.append(jnp.stack(column, axis=-1))
+    return jnp.stack(columns, axis=-1)
+
+
+def _inverse_norm2(low: Lower) -> Float[Array, ""]:
+    """||L^-1||_F^2 of a lower triangular L."""
+    return jnp.sum(inverse_lower(low) ** 2, axis=(-2, -1))
 
 
 def gram(factor: Float[Array, "p p"]) -> Float[Array, "p p"]:
@@ -153,7 +162,7 @@ def factor_normal_equations(jtj: Float[Array, "p p"], jtr: Float[Array, " p"]
     scaled D^-1 J^T J D^-1.
     """
     scaled, d = _scale(jtj)
-    low, ok = cholesky(_symmetric(scaled))
+    low, ok = cholesky(lower_rows(scaled))
     lower = _dense(low) if isinstance(low, tuple) else low
     factor = lower.T * d[None, :]
     return (factor, solve_lower(low, jtr / d),
@@ -163,7 +172,7 @@ def factor_normal_equations(jtj: Float[Array, "p p"], jtr: Float[Array, " p"]
 def condition_bound(factor: Float[Array, "p p"]) -> Float[Array, ""]:
     """||R||_F ||R^-1||_F of an upper triangular R: at least cond(R), at most p cond(R)
     (within a factor 2 of it on random matrices); inf where R is singular."""
-    bound = jnp.sqrt(jnp.sum(factor**2) * _inverse_norm2(_symmetric(factor.T)))
+    bound = jnp.sqrt(jnp.sum(factor**2) * _inverse_norm2(lower_rows(factor.T)))
     return jnp.where(jnp.isfinite(bound), bound, jnp.inf)
 
 
@@ -183,7 +192,7 @@ def trust_region_step(factor: Float[Array, "p p"], qtr: Float[Array, " p"],
     a_mat = jnp.where(both, gram(factor), jnp.eye(factor.shape[0], dtype=dtype))
     g = jnp.where(free, factor.T @ qtr, 0)
     scaled, d = _scale(a_mat)
-    scaled = _symmetric(scaled)  # sliced once, outside the Newton loop
+    scaled = lower_rows(scaled)  # sliced once, outside the Newton loop
     tiny = jnp.finfo(dtype).tiny
     eps = jnp.finfo(dtype).eps
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 from ._linalg import pinv_gram
 
@@ -36,12 +36,15 @@ def covariance(
     scale: Float[Array, " p"],
     n_points,
     absolute_sigma,
+    triangular: Bool[Array, ""] | bool = False,
 ) -> Float[Array, "p p"]:
-    """Covariance of theta from R (R^T R = J^T J in normalized coordinates)."""
+    """Covariance of theta from R (R^T R = J^T J in normalized coordinates; `triangular`:
+    R is upper triangular, which `pinv_gram` can use)."""
     p = factor.shape[0]
     eps = jnp.finfo(factor.dtype).eps
     rcond = eps * jnp.maximum(n_points, p)
-    pcov = pinv_gram(factor / scale[None, :], rcond)  # R of theta: J_theta = J_u S^-1
+    # R of theta (J_theta = J_u S^-1), still triangular where R is
+    pcov = pinv_gram(factor / scale[None, :], rcond, triangular)
     return _scaled(pcov, cost, n_points, absolute_sigma)
 
 

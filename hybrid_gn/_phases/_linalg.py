@@ -111,13 +111,26 @@ def trust_region_step(
     return jnp.where(well_conditioned, by_cholesky, jnp.where(free, -(vt.T @ coef), 0))
 
 
-def pinv_gram(factor: Float[Array, "p p"], rcond) -> Float[Array, "p p"]:
+def pinv_gram(factor: Float[Array, "p p"], rcond, triangular: Bool[Array, ""] | bool = False
+              ) -> Float[Array, "p p"]:
     """(R^T R)^+ from an SVD of R, dropping singular values below `rcond * max`.
 
     The same threshold on the same singular values (those of J) as
-    `scipy.optimize.curve_fit`, so rank-deficient problems agree with it.
+    `scipy.optimize.curve_fit`, so rank-deficient problems agree with it. Where
+    R is `triangular` (upper) and cond(R) is small (`_cholesky.accurate_steps`:
+    nothing would be dropped, and the inverse is accurate) it is R^-1 R^-T, by
+    substitution; under `vmap` the SVD then runs only when some problem needs it.
     """
-    _, sv, vt = svd(factor)
-    keep = sv > rcond * jnp.max(sv)
-    inv = jnp.where(keep, 1 / jnp.where(keep, sv, 1) ** 2, 0)
-    return (vt.T * inv) @ vt
+    inverse = cholesky.inverse_lower(cholesky.lower_rows(factor.T)).T  # R^-1
+    bound = jnp.sqrt(jnp.sum(factor**2) * jnp.sum(inverse**2))  # >= cond(R)
+    fast = (jnp.asarray(triangular) & jnp.isfinite(bound)
+            & (bound <= cholesky.accurate_steps(factor.dtype)) & (bound * rcond < 1))
+
+    def by_svd():
+        _, sv, vt = svd(factor)
+        keep = sv > rcond * jnp.max(sv)
+        inv = jnp.where(keep, 1 / jnp.where(keep, sv, 1) ** 2, 0)
+        return (vt.T * inv) @ vt
+
+    by_inverse = cholesky.gram(inverse.T)  # R^-1 R^-T
+    return jnp.where(fast, by_inverse, run_if(~fast, by_svd, by_inverse))
