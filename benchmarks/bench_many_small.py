@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python benchmarks/bench_many_small.py --sizes 1e4 --repeats 3  # RESULTS.md
     python benchmarks/bench_many_small.py [--family NAME[,NAME...]] [--starts uniform,gaussian]
-        [--sizes 1e3,1e4] [--methods ...] [--repeats 3] [--dtype float64|float32]
-        [--timeout 600]
+        [--sizes 1e3,1e4] [--methods ...] [--repeats 3] [--rounds 1]
+        [--dtype float64|float32] [--timeout 600]
 
 Families (`FAMILIES`; each a model written once against an array module, its truth box,
 its x grid and its noise sd):
@@ -33,16 +33,20 @@ fitted parameters; the parent compares them.
 
 Columns of the table per (family, starts):
 
-* fits/s: B / warm time (median of --repeats warm calls);
-* warm s (all B): the warm times for all B, median (min–max);
-* compile s: the first call minus the warm median (trace and compile);
+* fits/s: B / warm time (median of --repeats warm calls; with --rounds R, the median
+  over the R runs, which are taken in turn, method after method, so that a slow
+  stretch of a shared machine touches every method);
+* warm s (all B): the warm times for all B, median (min–max) over every round;
+* compile s: the first call minus the warm median (trace and compile), median over the
+  rounds;
 * best cost: fraction of problems whose cost 0.5 * sum(r^2) at the method's parameters
   (`costs`, one numpy function for every method) is within 1e-6 (relative) + 1e-12 of
   the lowest cost any method found for that problem (the scipy loop: over its sample);
 * near truth: fraction of problems whose parameters are all within `tol` of the truth
   (the family's `tol`, 2-4x the largest error noise alone gives in 200 fits from the
   truth; a wrong local minimum misses by far more);
-* ÷ optimistix: this method's fits/s over optimistix LM's.
+* ÷ optimistix: this method's fits/s over optimistix LM's in the same round, median
+  over the rounds.
 
 The summary table gives, per (family, starts, B), fits/s of `fit_batch` and of
 `vmap(fit)` over optimistix LM's and their best-cost fractions minus optimistix's, and
@@ -328,31 +332,55 @@ HEADER = ["B", "method", "fits/s", "warm s (all B)", "compile s", "best cost", "
           "÷ optimistix"]
 
 
-def _row(b: int, method: str, out: harness.Outcome, frac: dict, ref: dict | None) -> list:
+def _row(b: int, method: str, out: harness.Outcome, frac: dict) -> list:
     if not out.ok:
         return [harness.sci(b), method, out.describe(), None, None, None, None, None]
     r = out.value
-    ratio = f"{r['fits_per_s'] / ref['fits_per_s']:.2f}" if ref else None
+    ratio = None if r["ratio"] is None else f"{r['ratio']:.2f}"
     return [harness.sci(b), method, f"{r['fits_per_s']:.0f}",
             harness.Stats.of(r["warm"]).text(".3f"), f"{r['compile']:.1f}",
             f"{frac['best']:.3f}", f"{frac['near']:.3f}", ratio]
 
 
 def run_case(name: str, starts: str, b: int, args) -> tuple[list, dict]:
-    """Every method on one (family, starts, B): table rows and {method: (value, fractions)}."""
-    outs = {}
-    for method in args.methods.split(","):
-        out = harness.in_subprocess(measure, name, starts, method, b, args.repeats, args.dtype,
-                                    timeout=args.timeout)
-        outs[method] = out
-        line = (f"{out.value['fits_per_s']:10.0f} fits/s  compile {out.value['compile']:.1f} s"
-                if out.ok else out.describe())
-        print(f"  {name} {starts} {method:20s} B={harness.sci(b)} {line}", flush=True)
+    """Every method on one (family, starts, B), --rounds times in turn (A, B, C, A, B, C,
+    ...: each run a fresh process): table rows and {method: (value, fractions)}. A
+    method's value pools its rounds (`_pooled`); its ratio to optimistix is the median
+    of the per-round ratios, each against the optimistix run beside it."""
+    methods = args.methods.split(",")
+    runs: dict[str, list] = {m: [] for m in methods}
+    for k in range(args.rounds):
+        for method in methods:
+            out = harness.in_subprocess(measure, name, starts, method, b, args.repeats,
+                                        args.dtype, timeout=args.timeout)
+            runs[method].append(out)
+            line = (f"{out.value['fits_per_s']:10.0f} fits/s  compile "
+                    f"{out.value['compile']:.1f} s" if out.ok else out.describe())
+            print(f"  {name} {starts} {method:20s} B={harness.sci(b)} round {k + 1} {line}",
+                  flush=True)
+    outs = {m: _pooled(o, runs.get(REFERENCE)) for m, o in runs.items()}
     values = {m: o.value for m, o in outs.items() if o.ok}
     fracs = compare(name, starts, b, values)
-    ref = values.get(REFERENCE)
-    rows = [_row(b, m, o, fracs.get(m, {}), ref) for m, o in outs.items()]
+    rows = [_row(b, m, o, fracs.get(m, {})) for m, o in outs.items()]
     return rows, {m: (values[m], fracs[m]) for m in values}
+
+
+def _pooled(runs: list, reference: list | None) -> harness.Outcome:
+    """One method's rounds as one outcome: fits/s and compile the medians over rounds,
+    the warm times of all rounds, the ratio to optimistix the median of the paired
+    per-round ratios (None without optimistix); the first failure, if any."""
+    failed = harness.failure(runs)
+    if failed is not None:
+        return failed
+    values = [o.value for o in runs]
+    ratios = [v["fits_per_s"] / r.value["fits_per_s"]
+              for v, r in zip(values, reference or [], strict=False) if r.ok]
+    return harness.Outcome("ok", {
+        **values[0],
+        "fits_per_s": float(np.median([v["fits_per_s"] for v in values])),
+        "compile": float(np.median([v["compile"] for v in values])),
+        "warm": [t for v in values for t in v["warm"]],
+        "ratio": float(np.median(ratios)) if ratios else None})
 
 
 SUMMARY = ["family", "starts", "B", "fit_batch ÷ optimistix", "vmap(fit) ÷ optimistix",
@@ -363,9 +391,9 @@ def summary_row(name: str, starts: str, b: int, res: dict) -> list:
     """fits/s ratios and best-cost differences of the two hybrid_gn methods vs optimistix."""
     if REFERENCE not in res:
         return [name, starts, harness.sci(b), None, None, None, None]
-    ref, ref_frac = res[REFERENCE]
+    _, ref_frac = res[REFERENCE]
     hybrid = [res.get(m) for m in METHODS[:2]]
-    ratios = [v[0]["fits_per_s"] / ref["fits_per_s"] if v else None for v in hybrid]
+    ratios = [v[0]["ratio"] if v else None for v in hybrid]
     diffs = [v[1]["best"] - ref_frac["best"] if v else None for v in hybrid]
     return [name, starts, harness.sci(b), *ratios, *diffs]
 
@@ -393,6 +421,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="1e3,1e4")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="fresh-process runs of every method, taken in turn")
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     parser.add_argument("--timeout", type=float, default=600, help="seconds per run")
     args = parser.parse_args()
