@@ -230,7 +230,10 @@ class Result(eqx.Module):
         perr: the standard errors (square root of the diagonal of `pcov`),
             with the structure of `p0`.
         cost: half the weighted residual sum of squares (1/2 sum rho(r^2) with a robust
-            `Config.loss`), as in scipy's `least_squares`.
+            `Config.loss`), as in scipy's `least_squares`. A fit that ends on a full
+            Gauss-Newton step promising less than `Config.ftol` of the cost takes it
+            without another pass: `cost` and `pcov` are then those of the point
+            before it, within that relative bound.
         status: a `Status` code: why the fit stopped.
         warmup_reason: a `WarmupReason` code: why the warmup handed over.
         warmup_mode: a `WarmupMode` code: the first-step regime.

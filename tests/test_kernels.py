@@ -265,7 +265,7 @@ def test_pinv_gram_of_triangular_factors(p):
     well = np.triu(rng.standard_normal((p, p))) + 3 * np.eye(p)
     graded = well * np.logspace(0, -4, p)[None, :]
     u, sv, vt = np.linalg.svd(well)
-    cut = np.linalg.qr(((u * np.r_[sv[:-1], 1e-8 * sv[0]]) @ vt))[1]
+    cut = np.linalg.qr((u * np.r_[sv[:-1], 1e-8 * sv[0]]) @ vt)[1]
     zero_pivot = well.copy()
     zero_pivot[p // 2, p // 2:] = 0
     cases = [well, graded, cut, zero_pivot, np.zeros((p, p))]

@@ -9,7 +9,9 @@ the start. Stopping tests follow scipy/MINPACK: ftol on the relative cost
 reduction (or on a full Gauss-Newton step whose predicted and actual changes
 are both at rounding level: it is taken, and ends the fit), xtol on the
 relative step, gtol on the largest cosine between a (projected) gradient
-component and the residual. The region is a ball in
+component and the residual. A full Gauss-Newton step that promises to remove at
+most ftol of the cost (the Newton decrement) is the last: it is taken without the
+pass that would only confirm it (`final_step`). The region is a ball in
 normalized coordinates: phase 0 already puts the parameters on a common
 scale, which (unlike Jacobian-column scaling) does not drift with the
 iterate.
@@ -56,7 +58,7 @@ from .._config import Config, matrix_free
 from .._result import Status
 from . import _matrix_free
 from ._accumulate import Linearization
-from ._cholesky import accurate_steps
+from ._cholesky import accurate_steps, lower_rows, solve_upper
 from ._linalg import trust_region_step
 
 Model = Linearization | _matrix_free.GradientModel  # the latter above Config.dense_max_params
@@ -246,6 +248,10 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upp
         Status.RUNNING).astype(state.status.dtype)
 
     radius = jnp.where(recover, _initial_radius(u_next, config), radius)
+    last, last_step = final_step(eq_next, free_next, radius, u_next, lower, upper, config)
+    last = last & (status == Status.RUNNING)
+    u_next = jnp.where(last, u_next + last_step, u_next)
+    status = jnp.where(last, Status.CONVERGED_FTOL, status).astype(state.status.dtype)
     return GaussNewtonState(u=u_next, model=eq_next, use_qr=next_route(state.use_qr, new, accept,
                                                                       config), radius=radius,
                             iteration=iteration, resets=state.resets + recover,
@@ -254,6 +260,31 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upp
                             anchor_cost=jnp.where(at_check, eq_next.cost, state.anchor_cost),
                             anchor_step=jnp.where(at_check, moved, state.anchor_step),
                             anchor_suspect=jnp.where(at_check, suspect, state.anchor_suspect))
+
+
+def final_step(model: Model, free, radius, u, lower, upper, config: Config
+               ) -> tuple[Bool[Array, ""], Float[Array, " p"]]:
+    """`(last, step)`: whether the full Gauss-Newton step from `u` is the fit's last, taken
+    without evaluating it, and that step.
+
+    It is when the cost it promises to remove, 1/2 |qtr|^2 (the Newton decrement), is
+    at most min(ftol, sqrt(eps)) of the cost: the fit would take it, see a change at the
+    rounding level and stop (ftol), so the pass that evaluates it tells nothing. The point
+    after it is the minimum to second order; `cost` and the model (the covariance) stay
+    those before it, within that bound. Only where the step is plain (R triangular and
+    well conditioned, every variable free, the step inside the region and the box); the
+    other fits take it the usual way.
+    """
+    if not isinstance(model, Linearization):  # static: matrix-free, no triangular factor
+        return jnp.asarray(False), jnp.zeros_like(u)
+    dtype = u.dtype
+    step = -solve_upper(lower_rows(model.factor.T), model.qtr)  # R s = -qtr
+    bound = jnp.minimum(config.ftol, jnp.sqrt(jnp.finfo(dtype).eps)) * model.cost
+    plain = (model.finite & ~model.orthogonal_rows & (model.condition <= accurate_steps(dtype))
+             & jnp.all(free) & jnp.all(jnp.isfinite(step)))
+    inside = (jnp.linalg.norm(step) < 0.99 * radius) & jnp.all(
+        (u + step >= lower) & (u + step <= upper))
+    return plain & inside & (0.5 * jnp.sum(model.qtr**2) <= bound), step
 
 
 def _valley_check(state: GaussNewtonState, iteration, u_next, cost, config: Config):
