@@ -27,9 +27,9 @@ def svd(a: Float[Array, "m p"]) -> tuple[Float[Array, "m p"], Float[Array, " p"]
     Only the rare routes take it (an ill-conditioned or rank-deficient step, the
     covariance): the well-conditioned steps of small fits are Cholesky
     (`_cholesky`), and under `vmap` a route runs only when some problem takes it.
-    LAPACK's small program keeps the compile short; an unrolled Jacobi SVD in
-    elementwise operations was measured no faster per fit on six families of
-    1e4 small fits, with a 1.2x longer compile.
+    LAPACK's small program keeps the compile short: the unrolled Jacobi kernels
+    this replaced made 1e4 small fits no faster (three families measured) and
+    their compile 1.5x longer (`benchmarks/RESULTS.md`).
     """
     u, sv, vt = jnp.linalg.svd(a, full_matrices=False)
     return u, sv, vt
@@ -117,14 +117,15 @@ def pinv_gram(factor: Float[Array, "p p"], rcond, triangular: Bool[Array, ""] | 
 
     The same threshold on the same singular values (those of J) as
     `scipy.optimize.curve_fit`, so rank-deficient problems agree with it. Where
-    R is `triangular` (upper) and cond(R) is small (`_cholesky.accurate_steps`:
-    nothing would be dropped, and the inverse is accurate) it is R^-1 R^-T, by
-    substitution; under `vmap` the SVD then runs only when some problem needs it.
+    R is `triangular` (upper) and an upper bound of cond(R) is below 1 / rcond,
+    nothing would be dropped: it is R^-1 R^-T, by substitution (accurate to
+    cond(R) eps, as the SVD's 1 / s^2 are); under `vmap` the SVD then runs, for
+    the whole batch, only when some problem needs it (at 1e5 problems of p = 4
+    it cost as much as the rest of the result).
     """
     inverse = cholesky.inverse_lower(cholesky.lower_rows(factor.T)).T  # R^-1
     bound = jnp.sqrt(jnp.sum(factor**2) * jnp.sum(inverse**2))  # >= cond(R)
-    fast = (jnp.asarray(triangular) & jnp.isfinite(bound)
-            & (bound <= cholesky.accurate_steps(factor.dtype)) & (bound * rcond < 1))
+    fast = jnp.asarray(triangular) & jnp.isfinite(bound) & (bound * rcond < 1)
 
     def by_svd():
         _, sv, vt = svd(factor)
