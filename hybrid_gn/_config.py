@@ -134,8 +134,9 @@ class Config(eqx.Module):
             shrinking as a converging fit's do, two checks in a row (see
             `_phases/_gauss_newton.py`). Default: 1e-5.
         trace_length: per-iteration records kept in `Result.trace`: the first ones (when
-            a fit runs longer, the last record holds its latest iteration). Default:
-            256.
+            a fit runs longer, the last record holds its latest iteration); None: 256,
+            and 32 per problem in `fit_batch` (256 records of 1e6 problems would take
+            7 GB). Default: None.
         progress: report each iteration on stderr through `jax.debug.callback` (not
             compiled in when False); `fit_stream` also has its own progress bar
             (`fit_stream(progress=...)`). Default: False.
@@ -245,7 +246,7 @@ class Config(eqx.Module):
         _one_of("warmup_linesearch", self.warmup_linesearch, ("zoom", "backtracking"))
         _check_numbers(self)
 
-    trace_length: int = _static(256)  # records kept; the last slot holds the latest
+    trace_length: int | None = _static(None)  # records kept; the last slot holds the latest
     # fused driver: report each iteration on stderr through jax.debug.callback (not compiled
     # in when False); the streaming driver has its own progress bar (fit_stream(progress=))
     progress: bool = _static(False)
@@ -285,6 +286,14 @@ def covariance_kind(config: Config, n_params: int, dtype) -> Covariance:
     return "diagonal"
 
 
+def trace_length(config: Config, batch: bool = False) -> int:
+    """The records a fit's trace keeps: `Config.trace_length`, else 256 for a fit and 32
+    for each problem of a batch (`fit_batch`)."""
+    if config.trace_length is not None:
+        return config.trace_length
+    return 32 if batch else 256
+
+
 def with_tolerances(config: Config, dtype) -> Config:
     """`config` with unset tolerances and thresholds replaced by `dtype` defaults."""
     eps = float(jnp.finfo(dtype).eps)
@@ -296,7 +305,7 @@ def with_tolerances(config: Config, dtype) -> Config:
 
 # static int fields and their least allowed value (None: the field may also be None)
 _INTS = {"chunk_size": 1, "warmup_linesearch_steps": 1, "warmup_memory": 1, "max_iter": 1,
-         "trace_length": 1, "warmup_max_iter": 0, "warmup_min_iter": 0, "plateau_patience": 1,
+         "trace_length": None, "warmup_max_iter": 0, "warmup_min_iter": 0, "plateau_patience": 1,
          "max_radius_resets": 0, "warmup_max_points": None, "dense_max_params": 0,
          "cg_max_iter": 1, "covariance_max_bytes": 0, "valley_window": 0}
 _NON_NEGATIVE = ("ftol", "xtol", "gtol", "warm_start_threshold", "cost_increase_tol",
@@ -309,7 +318,7 @@ _POSITIVE = ("f_scale", "first_step_refine", "first_step_careful", "first_step_e
 def _check_ints(config: Config) -> None:
     for name, least in _INTS.items():
         value = getattr(config, name)
-        if least is None:  # warmup_max_points: None means all the data
+        if least is None:  # None: all the data (warmup_max_points), the default (trace)
             if value is None:
                 continue
             least = 1

@@ -36,6 +36,7 @@ from ._config import (
     covariance_kind,
     matrix_free,
     robust_loss,
+    trace_length,
     warmup_pays_off,
     with_tolerances,
 )
@@ -170,11 +171,12 @@ def start(setup: Setup, u0: Float[Array, " p"] | None = None) -> PipelineState:
     u0 = setup.problem.u0 if u0 is None else u0
     fit = start_fit(setup.residual, u0, setup.sample)
     ws = warmup.init(u0, warmup_loss(setup), fit.relative, config, setup.n_points)
-    nan = jnp.full(config.trace_length, jnp.nan, u0.dtype)
+    records = trace_length(config)
+    nan = jnp.full(records, jnp.nan, u0.dtype)
     return _strong(PipelineState(
         phase=jnp.where(ws.running, Phase.WARMUP, Phase.GAUSS_NEWTON).astype(jnp.int32),
         warmup=ws, gauss_newton=gauss_newton.init(u0, poor_start(fit, config), config),
-        trace=Trace(nan, nan, nan, jnp.zeros(config.trace_length, jnp.int32), jnp.asarray(0))))
+        trace=Trace(nan, nan, nan, jnp.zeros(records, jnp.int32), jnp.asarray(0))))
 
 
 def warmup_step(setup: Setup, state: PipelineState) -> PipelineState:

@@ -180,9 +180,10 @@ class Trace(eqx.Module):
 
     To see how a fit went: how fast the cost fell, where the warmup handed
     over, how the trust radius moved. The arrays have `Config.trace_length`
-    entries; entries past `length` are NaN / 0. `length` counts every
-    iteration, so it exceeds the array length when a fit runs longer than
-    the trace; the last entry then holds the latest iteration.
+    entries (by default 256, and 32 per problem of `fit_batch`); entries past
+    `length` are NaN / 0. `length` counts every iteration, so it exceeds the
+    array length when a fit runs longer than the trace; the last entry then
+    holds the latest iteration.
 
     Attributes:
         cost: the warmup loss (mean half squared residual over the warmup

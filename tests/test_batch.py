@@ -77,6 +77,29 @@ def test_vmap_and_fit_batch_equal_solo_fits_on_320_problems():
     assert np.all(batch.success)
 
 
+def test_fit_batch_keeps_a_shorter_trace():
+    """By default each problem of `fit_batch` keeps 32 trace records (a fit keeps 256),
+    each the solo fit's record; `Config(trace_length=...)` sets it for both."""
+    y, start = problems(6, seed=3)
+    xs = jnp.broadcast_to(X, y.shape)
+    batch = fit_batch(gauss, jnp.asarray(start), xs, y)
+    assert batch.trace.cost.shape == (6, 32)
+    for i in range(6):
+        solo = hybrid_gn.fit(gauss, jnp.asarray(start[i]), X, y[i])
+        assert solo.trace.cost.shape == (256,)
+        n = int(solo.trace.length)
+        assert 2 <= n < 32 and int(batch.trace.length[i]) == n
+        for field in ("cost", "grad_norm", "radius"):  # |grad| ends at the rounding level
+            want = np.asarray(getattr(solo.trace, field)[:n])
+            np.testing.assert_allclose(getattr(batch.trace, field)[i, :n], want, rtol=1e-10,
+                                       atol=1e-9 * np.max(np.abs(want)))
+        assert np.all(np.isnan(batch.trace.cost[i, n:]))
+    eight = Config(trace_length=8)
+    assert fit_batch(gauss, jnp.asarray(start), xs, y, config=eight).trace.cost.shape == (6, 8)
+    assert hybrid_gn.fit(gauss, jnp.asarray(start[0]), X, y[0],
+                         config=eight).trace.cost.shape == (8,)
+
+
 def test_vmap_over_starts_with_shared_data_and_its_gradient():
     """`jax.vmap(fit)` over 320 starts of one problem (the data shared, not batched: the
     chunks gather only the starts) equals each start's solo fit (params to 1e-12, the same

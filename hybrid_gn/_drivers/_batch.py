@@ -11,6 +11,7 @@ nothing to any sum.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -19,7 +20,7 @@ from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import PyTree
 
 from .. import _pipeline as pipeline
-from .._config import DEFAULT, Config
+from .._config import DEFAULT, Config, trace_length
 from .._group_weights import GroupWeights
 from .._jit import jit
 from .._model import Model
@@ -78,7 +79,8 @@ def fit_batch(
         check_finite: with it, NaN/Inf in a problem's data or start raises an
             error naming the problem; without it, such a problem just gets
             its own failed status.
-        config: the settings of the four phases (`Config()` when None).
+        config: the settings of the four phases (`Config()` when None); each
+            problem's trace keeps 32 records unless `Config.trace_length` says.
         group_weights: as in `fit`; its labels (or x's label column) are per problem
             (B, n) or shared (n,).
         mesh: None, or a `jax.sharding.Mesh` whose devices share the problems:
@@ -123,6 +125,8 @@ def fit_batch(
         [0.5 1.  2. ] [50 30 40]
     """
     config = DEFAULT if config is None else config
+    if isinstance(config, Config) and config.trace_length is None:  # else refused below
+        config = dataclasses.replace(config, trace_length=trace_length(config, batch=True))
     sigma = weighted_sigma(group_weights, x, y, sigma)
     inputs = check_batch(model, p0, x, y, sigma, bounds, args, check_finite, config)
     batched = (inputs.p0, inputs.x, inputs.y, inputs.sigma, inputs.bounds, args, inputs.mask)
