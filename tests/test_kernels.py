@@ -766,6 +766,41 @@ def test_propose_on_a_linear_model():
     np.testing.assert_allclose(t[others], reduced, rtol=1e-10)
 
 
+def test_final_step_is_the_gauss_newton_step_below_ftol():
+    """`final_step` takes the full Gauss-Newton step -R^-1 qtr (lstsq of the linear model)
+    exactly when its Newton decrement 1/2 |qtr|^2 is at most min(ftol, sqrt eps) of the
+    cost, the step lies in the region and the box and every variable is free; never from
+    the eigen route (rows of R orthogonal, not triangular)."""
+    rng = np.random.default_rng(5)
+    factor = np.triu(rng.standard_normal((3, 3))) + 3 * np.eye(3)
+    u = np.array([0.5, -1.0, 2.0])
+    cfg = config.with_tolerances(config.Config(), jnp.float64)
+    cost = 10.0
+    ftol = float(cfg.ftol)
+
+    def last(qtr, radius=1.0, lower=-np.inf, upper=np.inf, free=True, rows=False):
+        model = accumulate.Linearization.triangular(
+            jnp.asarray(factor), jnp.asarray(qtr), jnp.asarray(cost),
+            cholesky.condition_bound(jnp.asarray(factor)))
+        model = dataclasses.replace(model, orthogonal_rows=jnp.asarray(rows))
+        take, step = gauss_newton.final_step(
+            model, jnp.asarray(np.full(3, free)), jnp.asarray(radius), jnp.asarray(u),
+            jnp.asarray(np.broadcast_to(lower, 3)), jnp.asarray(np.broadcast_to(upper, 3)),
+            cfg)
+        return bool(take), np.asarray(step)
+
+    direction = rng.standard_normal(3)
+    small = direction * np.sqrt(2 * 0.5 * ftol * cost) / np.linalg.norm(direction)
+    take, step = last(small)
+    assert take
+    np.testing.assert_allclose(step, np.linalg.solve(factor, -small), rtol=1e-12)
+    assert not last(small * 1.5)[0]  # decrement 2.25 x 0.5 ftol: above ftol
+    assert not last(small, radius=0.5 * np.linalg.norm(step))[0]
+    assert not last(small, lower=u - 0.5 * np.abs(step), upper=u + 0.5 * np.abs(step))[0]
+    assert not last(small, free=False)[0]
+    assert not last(small, rows=True)[0]
+
+
 # --------------------------------------------------------------------------------------------
 # Large matrices: float32 decompositions of columns of norm ~1e10 stay right (a rotation test
 # of an earlier kernel overflowed there, and float32 covariances were silently wrong)
