@@ -135,9 +135,9 @@ def inverse_lower(low: Lower) -> Float[Array, "p p"]:
     return jnp.stack(columns, axis=-1)
 
 
-def _inverse_norm2(low: Lower) -> Float[Array, ""]:
-    """||L^-1||_F^2 of a lower triangular L."""
-    return jnp.sum(inverse_lower(low) ** 2, axis=(-2, -1))
+def inverse_upper(factor: Float[Array, "p p"]) -> Float[Array, "p p"]:
+    """R^-1 of an upper triangular R, as a dense matrix (the transposed inverse of R^T)."""
+    return inverse_lower(lower_rows(factor.T)).T
 
 
 def gram(factor: Float[Array, "p p"]) -> Float[Array, "p p"]:
@@ -169,10 +169,13 @@ def factor_normal_equations(jtj: Float[Array, "p p"], jtr: Float[Array, " p"]
             jnp.where(ok, condition_bound(factor), jnp.inf))
 
 
-def condition_bound(factor: Float[Array, "p p"]) -> Float[Array, ""]:
+def condition_bound(factor: Float[Array, "p p"], inverse: Float[Array, "p p"] | None = None
+                    ) -> Float[Array, ""]:
     """||R||_F ||R^-1||_F of an upper triangular R: at least cond(R), at most p cond(R)
-    (within a factor 2 of it on random matrices); inf where R is singular."""
-    bound = jnp.sqrt(jnp.sum(factor**2) * _inverse_norm2(lower_rows(factor.T)))
+    (within a factor 2 of it on random matrices); inf where R is singular. `inverse`:
+    R^-1 where the caller has it (`inverse_upper`)."""
+    inverse = inverse_upper(factor) if inverse is None else inverse
+    bound = jnp.sqrt(jnp.sum(factor**2) * jnp.sum(inverse**2))
     return jnp.where(jnp.isfinite(bound), bound, jnp.inf)
 
 

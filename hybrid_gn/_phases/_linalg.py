@@ -123,9 +123,9 @@ def pinv_gram(factor: Float[Array, "p p"], rcond, triangular: Bool[Array, ""] | 
     the whole batch, only when some problem needs it (at 1e5 problems of p = 4
     it cost as much as the rest of the result).
     """
-    inverse = cholesky.inverse_lower(cholesky.lower_rows(factor.T)).T  # R^-1
-    bound = jnp.sqrt(jnp.sum(factor**2) * jnp.sum(inverse**2))  # >= cond(R)
-    fast = jnp.asarray(triangular) & jnp.isfinite(bound) & (bound * rcond < 1)
+    inverse = cholesky.inverse_upper(factor)
+    bound = cholesky.condition_bound(factor, inverse)  # >= cond(R), inf where singular
+    fast = jnp.asarray(triangular) & (bound * rcond < 1)
 
     def by_svd():
         _, sv, vt = svd(factor)
