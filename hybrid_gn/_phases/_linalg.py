@@ -51,7 +51,9 @@ def trust_region_step(
     orthogonal_rows: Bool[Array, ""] | bool = False,
     well_conditioned: Bool[Array, ""] | bool = False,
 ) -> Float[Array, " p"]:
-    """argmin_s ||R s + qtr||  subject to ||s|| <= radius and s[~free] = 0.
+    """argmin_s ||R s + qtr||  subject to ||s|| <= radius and s[~free] = 0, to MINPACK's
+    accuracy: a damped step is the exact minimizer in a ball of radius between `radius`
+    and (1 + `_cholesky.BOUNDARY_TOLERANCE`) radius (see `_cholesky.trust_region_step`).
 
     The region is a ball: phase 0 has already put the variables on one scale
     (an ellipsoid ||D s|| <= radius is the ball in z = D s, with R D^-1).
@@ -59,7 +61,8 @@ def trust_region_step(
     U S V^T and b = U^T qtr. lambda = 0 (pseudo-inverse Gauss-Newton step,
     singular values below rcond * s_max dropped) when that step fits, else
     lambda > 0 by Newton's method on 1/||s|| - 1/radius, which is concave and
-    increasing, so Newton from the left is monotone.
+    increasing, so Newton from the left is monotone (and stops once ||s|| is within
+    the tolerance).
 
     `orthogonal_rows` says that the rows of R are orthogonal (R = sqrt(E) V^T
     from the normal equations): then its SVD is read off its rows unless a
@@ -90,6 +93,9 @@ def trust_region_step(
     def coefficients(lam):
         return sb / (eig + lam)
 
+    def far(lam):
+        return jnp.linalg.norm(coefficients(lam)) > (1 + cholesky.BOUNDARY_TOLERANCE) * radius
+
     def newton(carry):
         lam, _, count = carry
         q = coefficients(lam)
@@ -97,14 +103,13 @@ def trust_region_step(
         dnorm = -jnp.sum(q**2 / (eig + lam)) / q_norm  # d||q||/d lambda < 0
         step = (1 / q_norm - 1 / radius) * q_norm**2 / jnp.minimum(dnorm, -tiny)
         lam_next = jnp.maximum(lam + jnp.where(jnp.isfinite(step), step, 0), lam)
-        return lam_next, lam_next > lam * (1 + 1e-14), count + 1
+        return lam_next, far(lam_next) & (lam_next > lam), count + 1
 
     def damped_step():
         lam, _, _ = jax.lax.while_loop(
             lambda c: c[1] & (c[2] < _NEWTON_ITERATIONS), newton,
-            (floor**2, jnp.asarray(True), jnp.asarray(0)))
-        damped = coefficients(lam)
-        return damped * jnp.minimum(1, radius / jnp.maximum(jnp.linalg.norm(damped), tiny))
+            (floor**2, far(floor**2), jnp.asarray(0)))
+        return coefficients(lam)
 
     fits = gn_norm <= radius
     coef = jnp.where(fits, gn, run_if(~fits & ~well_conditioned, damped_step, gn))
