@@ -74,22 +74,29 @@ def compacted_loop(active: Callable[[State], Array],
         sub = stepped(take(index), sub)
         return _scatter_states(states, index, sub), cursor
 
-    states, _ = jax.lax.while_loop(any_active, turn, (states, jnp.asarray(0)))
+    states, _ = jax.lax.while_loop(any_active, turn, (states, jnp.asarray(0, jnp.int32)))
     return states
 
 
 def _next_chunk(on: Array, cursor: Array, chunk: int) -> tuple[Array, Array]:
     """`(index, cursor)`: `chunk` distinct problems, the first active ones at or after
     `cursor` (cyclically) and then, when fewer are active, finished ones; and where the
-    next chunk starts."""
+    next chunk starts.
+
+    One running count over the batch places every problem: the active one at its rank
+    among the active, a finished one after all active ones, at its rank among the
+    finished; one scatter keeps the first `chunk` places (two `nonzero`s, a count and a
+    scatter each, cost a quarter of a fit of 1e4 exponential decays).
+    """
     size = on.shape[0]
     rolled = jnp.roll(on, -cursor)  # position k: problem (cursor + k) % size
-    running = jnp.nonzero(rolled, size=chunk, fill_value=size)[0]
-    idle = jnp.nonzero(~rolled, size=chunk, fill_value=size)[0]
-    count = jnp.minimum(jnp.sum(rolled), chunk)
-    k = jnp.arange(chunk)
-    position = jnp.where(k < count, running, idle[jnp.maximum(k - count, 0)])
-    last = running[jnp.maximum(count - 1, 0)]
+    k = jnp.arange(size, dtype=jnp.int32)
+    active_to = jnp.cumsum(rolled, dtype=jnp.int32)  # active positions in 0..k
+    count = jnp.minimum(active_to[-1], chunk)
+    place = jnp.where(rolled, active_to - 1, count + k - active_to)
+    place = jnp.where(place < chunk, place, chunk + k)  # beyond the chunk: distinct, dropped
+    position = jnp.zeros(chunk, jnp.int32).at[place].set(k, mode="drop", unique_indices=True)
+    last = position[jnp.maximum(count - 1, 0)]
     return (position + cursor) % size, (cursor + last + 1) % size
 
 
