@@ -433,6 +433,24 @@ def test_next_chunk_takes_active_problems_in_turn():
     assert list(np.asarray(index)) == [2, 3, 4] and int(cursor) == 3
 
 
+def test_next_chunk_against_its_rule_on_random_batches():
+    """On random batches, sizes, chunks and cursors: the chunk is the active problems in
+    cyclic order from the cursor, then the finished ones in that order, cut to the chunk
+    size; the next cursor follows the last active problem taken (a plain list reference)."""
+    rng = np.random.default_rng(14)
+    next_chunk = jax.jit(compacted._next_chunk, static_argnums=2)
+    for size, chunk in [(2, 1), (23, 5), (64, 32), (257, 16)] * 50:
+        on = rng.random(size) < rng.random()
+        on[rng.integers(size)] = True  # compacted_loop asks only while some are active
+        cursor = int(rng.integers(size))
+        order = [(cursor + k) % size for k in range(size)]
+        active = [i for i in order if on[i]]
+        expected = (active + [i for i in order if not on[i]])[:chunk]
+        index, after = next_chunk(jnp.asarray(on), jnp.asarray(cursor, jnp.int32), chunk)
+        assert list(np.asarray(index)) == expected
+        assert int(after) == (active[min(len(active), chunk) - 1] + 1) % size
+
+
 def test_unless_inactive_keeps_or_takes_the_whole_state():
     """The select `compacted_loop` steps with: an inactive problem keeps its old state
     exactly (trace entry included), an active one gets the new state; a full trace

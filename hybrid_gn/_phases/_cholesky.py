@@ -196,7 +196,8 @@ def trust_region_step(factor: Float[Array, "p p"], qtr: Float[Array, " p"],
     s(lambda): the exact minimizer in the slightly larger ball of radius ||s||. Solved
     to the rounding level instead (for the whole batch under `vmap`: as many Newton
     steps as its slowest problem needs), the subproblem cost 40 % of a Gauss-Newton
-    iteration of 1e4 Gaussians; with the tolerance 20 % (`benchmarks/RESULTS.md`).
+    iteration of 1e4 Gaussians, with the tolerance 20 % (`bench_iteration.py`; whole
+    fits, which step chunks of a few hundred problems, ran as fast as before).
     Scaling s onto the boundary instead turned it towards the Gauss-Newton direction
     and made a fit crawl along a curved valley (NIST Bennett5: 37 to 321 iterations).
     Poor starts of multi-minimum problems stopped at a worse point than scipy's `trf`
