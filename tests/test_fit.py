@@ -688,9 +688,8 @@ def test_trust_region_step_against_lstsq_lm_and_brute_force(p, route):
     to the Levenberg-Marquardt solution for its own length with lam from brentq, and no
     random point of that ellipsoid does better; (c) with a `free` mask the fixed components
     are exactly 0 and the free ones solve the reduced problem (R[:, free]), for large and
-    small radius; (d) a singular R with unit scale gives the
-    minimum-norm least-squares step (the SVD route: the Cholesky one is only taken where R
-    is well conditioned)."""
+    small radius; (d) a singular R with unit scale gives the minimum-norm least-squares step
+    (the SVD route: the Cholesky one is only taken where R is well conditioned)."""
     tr_step = functools.partial(_tr_step, route=route)
     rng = np.random.default_rng(p)
     r_mat = np.triu(rng.standard_normal((p, p))) + 3 * np.eye(p)

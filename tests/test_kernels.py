@@ -434,9 +434,10 @@ def test_next_chunk_takes_active_problems_in_turn():
 
 
 def test_next_chunk_against_its_rule_on_random_batches():
-    """On random batches, sizes, chunks and cursors: the chunk is the active problems in
-    cyclic order from the cursor, then the finished ones in that order, cut to the chunk
-    size; the next cursor follows the last active problem taken (a plain list reference)."""
+    """On random batches and cursors, for four batch and chunk sizes: the chunk is the active
+    problems in cyclic order from the cursor, then the finished ones in that order, cut to
+    the chunk size; the next cursor follows the last active problem taken (a plain list
+    reference)."""
     rng = np.random.default_rng(14)
     next_chunk = jax.jit(compacted._next_chunk, static_argnums=2)
     for size, chunk in [(2, 1), (23, 5), (64, 32), (257, 16)] * 50:
@@ -740,9 +741,9 @@ def test_propose_on_a_linear_model():
     """`propose` on r(u) = A u - b with the model from the normal equations: with a large
     radius the trial is the least-squares solution and the predicted reduction is exactly
     the actual one (the model is the cost); with a small radius the step's length is
-    between the radius and (1 + cholesky.BOUNDARY_TOLERANCE) times it and it still predicts the
-    actual reduction; before the first update the trial
-    is the current point; a variable at its bound with the gradient pointing out stays."""
+    between the radius and (1 + cholesky.BOUNDARY_TOLERANCE) times it and it still predicts
+    the actual reduction; before the first update the trial is the current point; a
+    variable at its bound with the gradient pointing out stays."""
     rng = np.random.default_rng(7)
     a, b = rng.standard_normal((8, 3)), rng.standard_normal(8)
     u0 = rng.standard_normal(3)
