@@ -1,7 +1,7 @@
 """Two versions of hybrid_gn side by side in one process: the warm time of `jit(vmap(fit))`.
 
-    git worktree add /tmp/base <commit>
-    PYTHONPATH=. python3 benchmarks/bench_side_by_side.py /tmp/base \
+    git worktree add ../base <commit>
+    PYTHONPATH=. python3 benchmarks/bench_side_by_side.py ../base \
         [--family exp_offset,gaussian_offset] [--starts uniform,gaussian] [--size 1e4]
         [--calls 6]
 
