@@ -181,6 +181,12 @@ def condition_bound(factor: Float[Array, "p p"], inverse: Float[Array, "p p"] | 
     return jnp.where(jnp.isfinite(bound), bound, jnp.inf)
 
 
+def too_long(length, radius) -> Bool[Array, ""]:
+    """Whether a damped step of this `length` is still too long to take: above
+    (1 + `BOUNDARY_TOLERANCE`) radius (see `trust_region_step`)."""
+    return length > (1 + BOUNDARY_TOLERANCE) * radius
+
+
 def trust_region_step(factor: Float[Array, "p p"], qtr: Float[Array, " p"],
                       radius: Float[Array, ""], free: Bool[Array, " p"]) -> Float[Array, " p"]:
     """argmin_s ||R s + qtr|| subject to ||s|| <= radius and s[~free] = 0, for a well
@@ -218,9 +224,6 @@ def trust_region_step(factor: Float[Array, "p p"], qtr: Float[Array, " p"],
         low, _ = cholesky(scaled, lam / d**2)
         return solve_upper(low, solve_lower(low, -g / d)) / d, low
 
-    def far(s):
-        return jnp.linalg.norm(s) > (1 + BOUNDARY_TOLERANCE) * radius
-
     def newton(carry):
         lam, s, low, _, count = carry
         s_norm = jnp.maximum(jnp.linalg.norm(s), tiny)
@@ -228,10 +231,12 @@ def trust_region_step(factor: Float[Array, "p p"], qtr: Float[Array, " p"],
         step = (s_norm**2 / jnp.maximum(q_norm2, tiny)) * (s_norm - radius) / radius
         lam_next = lam + jnp.where(jnp.isfinite(step) & (step > 0), step, 0)
         s_next, low_next = solve(lam_next)
-        return lam_next, s_next, low_next, far(s_next) & (lam_next > lam), count + 1
+        more = too_long(jnp.linalg.norm(s_next), radius) & (lam_next > lam)
+        return lam_next, s_next, low_next, more, count + 1
 
     zero = jnp.zeros((), dtype)
     gn, low = solve(zero)
     _, s, _, _, _ = jax.lax.while_loop(lambda c: c[3] & (c[4] < _NEWTON_ITERATIONS), newton,
-                                       (zero, gn, low, far(gn), jnp.asarray(0)))
+                                       (zero, gn, low, too_long(jnp.linalg.norm(gn), radius),
+                                        jnp.asarray(0)))
     return jnp.where(free, s, 0)

@@ -94,7 +94,7 @@ def trust_region_step(
         return sb / (eig + lam)
 
     def far(lam):
-        return jnp.linalg.norm(coefficients(lam)) > (1 + cholesky.BOUNDARY_TOLERANCE) * radius
+        return cholesky.too_long(jnp.linalg.norm(coefficients(lam)), radius)
 
     def newton(carry):
         lam, _, count = carry
