@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
+from ._control import active_first
 from ._result import Trace
 
 State = TypeVar("State", bound=eqx.Module)  # a problem's loop state, with a `trace: Trace`
@@ -23,26 +24,27 @@ State = TypeVar("State", bound=eqx.Module)  # a problem's loop state, with a `tr
 
 def compacted_loop(active: Callable[[State], Array],
                    step: Callable[[PyTree, State], State], states: State, inputs: PyTree,
-                   shrink: int = 32, smallest: int = 128, batched: PyTree | None = None
-                   ) -> State:
+                   shrink: int = 32, smallest: int = 128, largest: int = 256,
+                   batched: PyTree | None = None) -> State:
     """`while active: state = step(inputs, state)` for every problem of a batch, a chunk
-    of max(B / shrink, smallest) problems at a time.
+    of B / shrink problems (at least `smallest`, at most `largest`) at a time.
 
-    Each turn of one `while` loop gathers the next chunk of active problems (in batch
-    order from where the last chunk ended, cyclically, so each active problem is stepped
-    once per sweep) with their inputs, steps it and scatters it back. Problems that have
-    finished stop costing steps at once, a few slow ones run on in chunks of their own,
-    and `step` is compiled once, for the chunk. A chunk with fewer active problems than its
-    size is filled with finished ones, which the step leaves as they are (`where`), so each
+    Each sweep lists the active problems once; each turn of one `while` loop gathers the
+    next chunk of that list with their inputs, steps it and scatters it back, so each
+    active problem is stepped once per sweep. Problems that have finished stop costing
+    steps at the next sweep, a few slow ones run on in chunks of their own, and `step`
+    is compiled once, for the chunk. A chunk with fewer active problems than its size is
+    filled with finished ones, which the step leaves as they are (`where`), so each
     problem's states are those of its solo loop. Only the trace entry a step writes is
     gathered and scattered. A batch of fewer than two chunks is stepped whole.
 
     The chunk size trades the tail against the cost of each turn: a few slow problems
     cost their iterations times the chunk, and every turn has a fixed cost of its own
-    (the step's operations, whatever their size). On two Lorentzians from Gaussian
-    starts (B = 1e4, a few problems running 400 iterations) chunks of B / 32 ran 2.6x
-    as fast as B / 8; below about 128 problems the fixed cost dominates
-    (`benchmarks/RESULTS.md`).
+    (the step's operations, whatever their size). Only the sweep's list is as long as
+    the batch, so a turn costs the chunk, not the batch, and chunks can stay small at
+    any B: two Lorentzians from Gaussian starts (B = 1e5, six problems running 1000
+    iterations) ran 3.7x as fast in chunks of at most 256 as in chunks of B / 32; below
+    about 128 problems the fixed cost dominates (`benchmarks/RESULTS.md`).
 
     `batched` (bools shaped like `inputs`; None: all) marks the inputs with a leading
     batch axis; the others are shared by every problem, neither gathered nor copied.
@@ -58,46 +60,29 @@ def compacted_loop(active: Callable[[State], Array],
     def take(index):
         return jax.tree.map(lambda a, b: a[index] if b else a, inputs, batched)
 
-    def any_active(carry):
-        return jnp.any(jax.vmap(active)(carry[0]))
-
     size = jax.tree.leaves(states)[0].shape[0]
-    chunk = max(size // shrink, smallest)
+    chunk = min(max(size // shrink, smallest), largest)
     if 2 * chunk > size:
-        return jax.lax.while_loop(lambda s: any_active((s,)),
+        return jax.lax.while_loop(lambda s: jnp.any(jax.vmap(active)(s)),
                                   lambda s: stepped(inputs, s), states)
 
+    def sweep(states):  # the active problems first, their count, and the start
+        on = jax.vmap(active)(states)
+        order = active_first(on, size)
+        return order, jnp.sum(on, dtype=jnp.int32), jnp.asarray(0, jnp.int32)
+
     def turn(carry):
-        states, cursor = carry
-        index, cursor = _next_chunk(jax.vmap(active)(states), cursor, chunk)
-        sub = _gather_states(states, index)
-        sub = stepped(take(index), sub)
-        return _scatter_states(states, index, sub), cursor
+        states, order, count, start = carry
+        # distinct problems (the list is a permutation); past its end the window slides
+        # back, and a problem stepped twice in a sweep is still on its own loop
+        index = jax.lax.dynamic_slice_in_dim(order, start, chunk)
+        sub = stepped(take(index), _gather_states(states, index))
+        states = _scatter_states(states, index, sub)
+        start = start + chunk
+        return states, *jax.lax.cond(start >= count, sweep, lambda _: (order, count, start),
+                                     states)
 
-    states, _ = jax.lax.while_loop(any_active, turn, (states, jnp.asarray(0, jnp.int32)))
-    return states
-
-
-def _next_chunk(on: Array, cursor: Array, chunk: int) -> tuple[Array, Array]:
-    """`(index, cursor)`: `chunk` distinct problems, the first active ones at or after
-    `cursor` (cyclically) and then, when fewer are active, finished ones; and where the
-    next chunk starts.
-
-    One running count over the batch places every problem: the active one at its rank
-    among the active, a finished one after all active ones, at its rank among the
-    finished; one scatter keeps the first `chunk` places (two `nonzero`s, a count and a
-    scatter each, cost a quarter of a fit of 1e4 exponential decays).
-    """
-    size = on.shape[0]
-    rolled = jnp.roll(on, -cursor)  # position k: problem (cursor + k) % size
-    k = jnp.arange(size, dtype=jnp.int32)
-    active_to = jnp.cumsum(rolled, dtype=jnp.int32)  # active positions in 0..k
-    count = jnp.minimum(active_to[-1], chunk)
-    place = jnp.where(rolled, active_to - 1, count + k - active_to)
-    place = jnp.where(place < chunk, place, chunk + k)  # beyond the chunk: distinct, dropped
-    position = jnp.zeros(chunk, jnp.int32).at[place].set(k, mode="drop", unique_indices=True)
-    last = position[jnp.maximum(count - 1, 0)]
-    return (position + cursor) % size, (cursor + last + 1) % size
+    return jax.lax.while_loop(lambda c: c[2] > 0, turn, (states, *sweep(states)))[0]
 
 
 def _slot(trace: Trace) -> Array:

@@ -25,6 +25,7 @@ import pytest
 
 from hybrid_gn import _compacted as compacted
 from hybrid_gn import _config as config
+from hybrid_gn import _control as control
 from hybrid_gn import _result as result
 from hybrid_gn._phases import _accumulate as accumulate
 from hybrid_gn._phases import _cholesky as cholesky
@@ -420,36 +421,60 @@ def test_compacted_loop_equals_plain_loop(scenario):
     assert np.all(np.asarray(got["steps"]) == targets)
 
 
-def test_next_chunk_takes_active_problems_in_turn():
-    """Chunks take the active problems from the cursor on, cyclically, without repeats; a
-    chunk short of active ones is filled with finished ones."""
+def test_active_first_takes_active_problems_then_finished_ones():
+    """The active problems in batch order, then finished ones to fill the length, no
+    repeats; more active problems than the length: the first of them."""
     on = jnp.asarray(np.array([1, 0, 1, 1, 0, 0, 1, 1, 0, 1], bool))
-    index, cursor = compacted._next_chunk(on, jnp.asarray(7), 3)
-    assert list(np.asarray(index)) == [7, 9, 0] and int(cursor) == 1
-    index, cursor = compacted._next_chunk(on, cursor, 3)
-    assert list(np.asarray(index)) == [2, 3, 6] and int(cursor) == 7
+    assert list(np.asarray(control.active_first(on, 3))) == [0, 2, 3]
+    assert list(np.asarray(control.active_first(on, 10))) == [0, 2, 3, 6, 7, 9, 1, 4, 5, 8]
     few = jnp.asarray(np.array([0, 0, 1, 0, 0], bool))
-    index, cursor = compacted._next_chunk(few, jnp.asarray(3), 3)
-    assert list(np.asarray(index)) == [2, 3, 4] and int(cursor) == 3
+    assert list(np.asarray(control.active_first(few, 3))) == [2, 0, 1]
 
 
-def test_next_chunk_against_its_rule_on_random_batches():
-    """On random batches and cursors, for four batch and chunk sizes: the chunk is the active
-    problems in cyclic order from the cursor, then the finished ones in that order, cut to
-    the chunk size; the next cursor follows the last active problem taken (a plain list
-    reference)."""
+def test_active_first_against_its_rule_on_random_batches():
+    """On random batches, for four batch sizes and lengths: the active problems in batch
+    order, then the finished ones, cut to the length (a plain list reference)."""
     rng = np.random.default_rng(14)
-    next_chunk = jax.jit(compacted._next_chunk, static_argnums=2)
-    for size, chunk in [(2, 1), (23, 5), (64, 32), (257, 16)] * 50:
+    active_first = jax.jit(control.active_first, static_argnums=1)
+    for size, length in [(2, 1), (23, 5), (64, 32), (257, 16), (40, 40)] * 40:
         on = rng.random(size) < rng.random()
-        on[rng.integers(size)] = True  # compacted_loop asks only while some are active
-        cursor = int(rng.integers(size))
-        order = [(cursor + k) % size for k in range(size)]
-        active = [i for i in order if on[i]]
-        expected = (active + [i for i in order if not on[i]])[:chunk]
-        index, after = next_chunk(jnp.asarray(on), jnp.asarray(cursor, jnp.int32), chunk)
-        assert list(np.asarray(index)) == expected
-        assert int(after) == (active[min(len(active), chunk) - 1] + 1) % size
+        expected = ([i for i in range(size) if on[i]] + [i for i in range(size) if not on[i]])
+        assert list(np.asarray(active_first(jnp.asarray(on), length))) == expected[:length]
+
+
+def _costly(x):
+    """A route with a loop of its own that the test can count: x + (iterations run)."""
+    return jax.lax.while_loop(lambda c: c[1] < 3, lambda c: (c[0] + 1, c[1] + 1), (x, 0))[0]
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_run_for_few_equals_the_lazy_cond_under_vmap(share):
+    """`run_for_few` under `vmap` gives every problem what `run_if` gives it (the route's
+    value where the predicate holds, the placeholder elsewhere), for a batch of 50 in
+    groups of 7 (none, a few and all taking the route), with the route's input batched or
+    shared; alone it is `run_if`."""
+    rng = np.random.default_rng(3)
+    offset = jnp.asarray(2.5)
+
+    def both(pred, x):
+        x = offset if share else x
+        def route():
+            return _costly(x) * 2, x + 1
+        placeholder = (-x, jnp.zeros_like(x))
+        return (control.run_for_few(pred, route, placeholder),
+                control.run_if(pred, route, placeholder))
+
+    for fraction in (0.0, 0.1, 1.0):
+        pred = jnp.asarray(rng.random(50) < fraction)
+        x = jnp.asarray(rng.standard_normal(50))
+        few, lazy = jax.jit(jax.vmap(both))(pred, x)
+        for a, b in zip(few, lazy, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        expected = np.where(np.asarray(pred), (np.asarray(offset if share else x) + 3) * 2,
+                            -np.asarray(offset if share else x))
+        np.testing.assert_allclose(np.asarray(few[0]), expected)
+    single = jax.jit(both)(jnp.asarray(True), jnp.asarray(1.0))
+    np.testing.assert_array_equal(np.asarray(single[0][0]), np.asarray(single[1][0]))
 
 
 def test_unless_inactive_keeps_or_takes_the_whole_state():

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PyTree
 
 from .._config import Factorization, JacobianMode
-from .._control import run_if
+from .._control import run_for_few
 from .._data import Data
 from .._loss import LINEAR, Loss
 from . import _cholesky as cholesky
@@ -134,7 +134,7 @@ def linearize(residual: ResidualFn, u, data: Data, mode: JacobianMode,
     use_qr = jnp.asarray(use_qr)
     # the normal equations always (nearly every problem needs them; one on the QR route
     # discards them); the QR only when this problem, or under vmap any problem, needs it
-    by_qr = run_if(use_qr, by(True), placeholder)
+    by_qr = run_for_few(use_qr, by(True), placeholder)
     by_normal = by(False, wanted=~use_qr)()
     return jax.tree.map(lambda a, b: jnp.where(use_qr, a, b), by_qr, by_normal)
 
@@ -249,7 +249,8 @@ def from_normal_equations(jtj, jtr, cost, wanted=True) -> Linearization:
     factor, qtr, condition = cholesky.factor_normal_equations(jtj, jtr)
     fast = condition <= cholesky.well_conditioned(jtj.dtype)
     by_cholesky = Linearization(factor, qtr, cost, jnp.asarray(False), condition)
-    exact = run_if(jnp.asarray(wanted) & ~fast, lambda: eigen_model(jtj, jtr, cost), by_cholesky)
+    exact = run_for_few(jnp.asarray(wanted) & ~fast, lambda: eigen_model(jtj, jtr, cost),
+                        by_cholesky)
     return jax.tree.map(lambda a, b: jnp.where(fast, a, b), by_cholesky, exact)
 
 

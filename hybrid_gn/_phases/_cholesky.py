@@ -224,19 +224,20 @@ def trust_region_step(factor: Float[Array, "p p"], qtr: Float[Array, " p"],
         low, _ = cholesky(scaled, lam / d**2)
         return solve_upper(low, solve_lower(low, -g / d)) / d, low
 
-    def newton(carry):
-        lam, s, low, _, count = carry
+    def newton(carry):  # s(lambda), and the next lambda while s is too long
+        lam, _, _, count = carry
+        s, low = solve(lam)
         s_norm = jnp.maximum(jnp.linalg.norm(s), tiny)
         q_norm2 = jnp.sum(solve_lower(low, s / d) ** 2)  # s^T (A + lambda I)^-1 s
         step = (s_norm**2 / jnp.maximum(q_norm2, tiny)) * (s_norm - radius) / radius
         lam_next = lam + jnp.where(jnp.isfinite(step) & (step > 0), step, 0)
-        s_next, low_next = solve(lam_next)
-        more = too_long(jnp.linalg.norm(s_next), radius) & (lam_next > lam)
-        return lam_next, s_next, low_next, more, count + 1
+        more = too_long(jnp.linalg.norm(s), radius) & (lam_next > lam)
+        return lam_next, s, more, count + 1
 
+    # one factorization per pass, the first at lambda = 0 (the Gauss-Newton step): the
+    # program holds one copy of the factorization and the solves
     zero = jnp.zeros((), dtype)
-    gn, low = solve(zero)
-    _, s, _, _, _ = jax.lax.while_loop(lambda c: c[3] & (c[4] < _NEWTON_ITERATIONS), newton,
-                                       (zero, gn, low, too_long(jnp.linalg.norm(gn), radius),
-                                        jnp.asarray(0)))
+    _, s, _, _ = jax.lax.while_loop(lambda c: c[2] & (c[3] <= _NEWTON_ITERATIONS), newton,
+                                    (zero, jnp.zeros_like(g), jnp.asarray(True),
+                                     jnp.asarray(0)))
     return jnp.where(free, s, 0)

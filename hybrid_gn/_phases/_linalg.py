@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from .._control import run_if
+from .._control import run_for_few, run_if
 from . import _cholesky as cholesky
 
 _NEWTON_ITERATIONS = 40
@@ -80,7 +80,7 @@ def trust_region_step(
     by_cholesky = run_if(well_conditioned, lambda: cholesky.trust_region_step(
         factor, qtr, radius, free), jnp.zeros_like(qtr))
     needs_svd = ~well_conditioned & ~(orthogonal_rows & jnp.all(free))
-    u_mat, sv, vt = run_if(needs_svd, lambda: svd(a_mat), from_rows)
+    u_mat, sv, vt = run_for_few(needs_svd, lambda: svd(a_mat), from_rows)
     b = u_mat.T @ qtr
     floor = jnp.maximum(rcond * jnp.max(sv), tiny)
     keep = sv > floor
@@ -112,7 +112,7 @@ def trust_region_step(
         return coefficients(lam)
 
     fits = gn_norm <= radius
-    coef = jnp.where(fits, gn, run_if(~fits & ~well_conditioned, damped_step, gn))
+    coef = jnp.where(fits, gn, run_for_few(~fits & ~well_conditioned, damped_step, gn))
     return jnp.where(well_conditioned, by_cholesky, jnp.where(free, -(vt.T @ coef), 0))
 
 
@@ -139,4 +139,4 @@ def pinv_gram(factor: Float[Array, "p p"], rcond, triangular: Bool[Array, ""] | 
         return (vt.T * inv) @ vt
 
     by_inverse = cholesky.gram(inverse.T)  # R^-1 R^-T
-    return jnp.where(fast, by_inverse, run_if(~fast, by_svd, by_inverse))
+    return jnp.where(fast, by_inverse, run_for_few(~fast, by_svd, by_inverse))
