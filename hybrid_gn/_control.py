@@ -48,9 +48,9 @@ def run_for_few(pred, fn: Callable[[], T], placeholder: T) -> T:
     a route taken by one problem costs a group, not the batch. A batch in which every
     problem takes it pays `GROUPS` turns of a loop over the same work. This matters at
     the tail of a batched fit, where the few problems still running are often the
-    ill-conditioned ones (the QR and SVD routes) in a chunk of finished ones: on two
-    Lorentzians from Gaussian starts those routes were half of the fit's time
-    (`benchmarks/RESULTS.md`).
+    ill-conditioned ones (the QR and SVD routes) in a chunk of finished ones: with one
+    such problem among 3e4 two-Lorentzian fits, those routes took 3.1 of the 5.3 s
+    (0.45 of 2.5 s gathered; `benchmarks/RESULTS.md`).
     """
     converted, consts = jax.closure_convert(fn)
 

@@ -133,7 +133,7 @@ def linearize(residual: ResidualFn, u, data: Data, mode: JacobianMode,
                                            jnp.zeros((), u.dtype))
     use_qr = jnp.asarray(use_qr)
     # the normal equations always (nearly every problem needs them; one on the QR route
-    # discards them); the QR only when this problem, or under vmap any problem, needs it
+    # discards them); the QR only for the problems that need it (under vmap gathered)
     by_qr = run_for_few(use_qr, by(True), placeholder)
     by_normal = by(False, wanted=~use_qr)()
     return jax.tree.map(lambda a, b: jnp.where(use_qr, a, b), by_qr, by_normal)
@@ -243,8 +243,8 @@ def from_normal_equations(jtj, jtr, cost, wanted=True) -> Linearization:
     `_cholesky.well_conditioned`, else the eigendecomposition (`eigen_model`).
 
     `wanted` (traced) False: the caller discards this model (a problem on the QR route),
-    so no eigendecomposition is computed for it; under `vmap` one runs for the whole
-    batch only when some problem needs it.
+    so no eigendecomposition is computed for it; under `vmap` it runs only for the
+    problems that need it (`_control.run_for_few`).
     """
     factor, qtr, condition = cholesky.factor_normal_equations(jtj, jtr)
     fast = condition <= cholesky.well_conditioned(jtj.dtype)

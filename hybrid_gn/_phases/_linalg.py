@@ -69,7 +69,8 @@ def trust_region_step(
     variable is fixed, and no decomposition is computed. `well_conditioned` says that
     cond(R) is small (`_cholesky.accurate_steps`): then the step is found by Cholesky
     factorizations (`_cholesky.trust_region_step`, the same minimizer) and no SVD either.
-    Under `vmap` each route runs only when some problem of the batch takes it.
+    Under `vmap` the Cholesky route runs when some problem of the batch takes it, the
+    SVD and the damped step only for the problems that take them (`_control.run_for_few`).
     """
     a_mat = jnp.where(free[None, :], factor, 0)
     tiny = jnp.finfo(a_mat.dtype).tiny
@@ -124,9 +125,9 @@ def pinv_gram(factor: Float[Array, "p p"], rcond, triangular: Bool[Array, ""] | 
     `scipy.optimize.curve_fit`, so rank-deficient problems agree with it. Where
     R is `triangular` (upper) and an upper bound of cond(R) is below 1 / rcond,
     nothing would be dropped: it is R^-1 R^-T, by substitution (accurate to
-    cond(R) eps, as the SVD's 1 / s^2 are); under `vmap` the SVD then runs, for
-    the whole batch, only when some problem needs it (at 1e5 problems of p = 4
-    it cost as much as the rest of the result).
+    cond(R) eps, as the SVD's 1 / s^2 are); under `vmap` the SVD then runs only for
+    the problems that need it (run for the whole batch of 1e5 problems of p = 4, it
+    cost as much as the rest of the result).
     """
     inverse = cholesky.inverse_upper(factor)
     bound = cholesky.condition_bound(factor, inverse)  # >= cond(R), inf where singular
