@@ -432,7 +432,7 @@ def test_active_first_takes_active_problems_then_finished_ones():
 
 
 def test_active_first_against_its_rule_on_random_batches():
-    """On random batches, for four batch sizes and lengths: the active problems in batch
+    """On random batches, for five batch sizes and lengths: the active problems in batch
     order, then the finished ones, cut to the length (a plain list reference)."""
     rng = np.random.default_rng(14)
     active_first = jax.jit(control.active_first, static_argnums=1)

@@ -227,11 +227,12 @@ def trust_region_step(factor: Float[Array, "p p"], qtr: Float[Array, " p"],
     def newton(carry):  # s(lambda), and the next lambda while s is too long
         lam, _, _, count = carry
         s, low = solve(lam)
-        s_norm = jnp.maximum(jnp.linalg.norm(s), tiny)
+        length = jnp.linalg.norm(s)
+        s_norm = jnp.maximum(length, tiny)
         q_norm2 = jnp.sum(solve_lower(low, s / d) ** 2)  # s^T (A + lambda I)^-1 s
         step = (s_norm**2 / jnp.maximum(q_norm2, tiny)) * (s_norm - radius) / radius
         lam_next = lam + jnp.where(jnp.isfinite(step) & (step > 0), step, 0)
-        more = too_long(jnp.linalg.norm(s), radius) & (lam_next > lam)
+        more = too_long(length, radius) & (lam_next > lam)
         return lam_next, s, more, count + 1
 
     # one factorization per pass, the first at lambda = 0 (the Gauss-Newton step): the

@@ -94,23 +94,22 @@ def trust_region_step(
     def coefficients(lam):
         return sb / (eig + lam)
 
-    def far(lam):
-        return cholesky.too_long(jnp.linalg.norm(coefficients(lam)), radius)
-
-    def newton(carry):
-        lam, _, count = carry
+    def newton(carry):  # q(lambda), and the next lambda while q is too long
+        lam, _, _, count = carry
         q = coefficients(lam)
-        q_norm = jnp.maximum(jnp.linalg.norm(q), tiny)
+        length = jnp.linalg.norm(q)
+        q_norm = jnp.maximum(length, tiny)
         dnorm = -jnp.sum(q**2 / (eig + lam)) / q_norm  # d||q||/d lambda < 0
         step = (1 / q_norm - 1 / radius) * q_norm**2 / jnp.minimum(dnorm, -tiny)
         lam_next = jnp.maximum(lam + jnp.where(jnp.isfinite(step), step, 0), lam)
-        return lam_next, far(lam_next) & (lam_next > lam), count + 1
+        more = cholesky.too_long(length, radius) & (lam_next > lam)
+        return lam_next, q, more, count + 1
 
-    def damped_step():
-        lam, _, _ = jax.lax.while_loop(
-            lambda c: c[1] & (c[2] < _NEWTON_ITERATIONS), newton,
-            (floor**2, far(floor**2), jnp.asarray(0)))
-        return coefficients(lam)
+    def damped_step():  # q evaluated once per pass, as in `_cholesky.trust_region_step`
+        _, q, _, _ = jax.lax.while_loop(lambda c: c[2] & (c[3] <= _NEWTON_ITERATIONS), newton,
+                                        (floor**2, jnp.zeros_like(sb), jnp.asarray(True),
+                                         jnp.asarray(0)))
+        return q
 
     fits = gn_norm <= radius
     coef = jnp.where(fits, gn, run_for_few(~fits & ~well_conditioned, damped_step, gn))
