@@ -27,8 +27,21 @@ def run_if(pred, fn: Callable[[], T], placeholder: T) -> T:
     does not depend on the carry and hoists it out of the loop (loop-invariant
     code motion), so `fn` would run every time.
     """
-    converted, consts = jax.closure_convert(fn)
-    return _once(jnp.asarray(pred), converted, placeholder, tuple(consts))
+    converted, consts = _hoisted(fn)
+    return _once(jnp.asarray(pred), converted, placeholder, consts)
+
+
+def _hoisted(fn: Callable[[], T]) -> tuple[Callable[..., T], tuple]:
+    """`fn` as a function of the arrays it closes over, and those arrays: every one,
+    whatever its dtype (`jax.closure_convert` keeps integer ones in the closure, where a
+    `custom_vmap` rule cannot see that they are batched: integer x data, say)."""
+    closed, shape = jax.make_jaxpr(fn, return_shape=True)()
+    tree = jax.tree.structure(shape)
+
+    def converted(*consts):
+        return jax.tree.unflatten(tree, jax.core.eval_jaxpr(closed.jaxpr, consts))
+
+    return converted, tuple(closed.consts)
 
 
 def _once(pred, converted: Callable, placeholder: T, consts: tuple) -> T:
@@ -52,7 +65,7 @@ def run_for_few(pred, fn: Callable[[], T], placeholder: T) -> T:
     such problem among 3e4 two-Lorentzian fits, those routes took 3.1 of the 5.3 s
     (0.45 of 2.5 s gathered; `benchmarks/RESULTS.md`).
     """
-    converted, consts = jax.closure_convert(fn)
+    converted, consts = _hoisted(fn)
 
     @jax.custom_batching.custom_vmap
     def lazy(pred, placeholder, consts):
@@ -83,7 +96,7 @@ def run_for_few(pred, fn: Callable[[], T], placeholder: T) -> T:
         out, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), body, (placeholder, pred))
         return out, jax.tree.map(lambda _: True, out)
 
-    return lazy(jnp.asarray(pred), placeholder, tuple(consts))
+    return lazy(jnp.asarray(pred), placeholder, consts)
 
 
 def active_first(on: Bool[Array, " B"], length: int) -> Int[Array, " length"]:

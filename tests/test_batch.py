@@ -154,6 +154,27 @@ def test_ragged_batch_equals_unpadded_solo_fits():
         np.testing.assert_allclose(batch.pcov[i], solo.pcov, rtol=1e-6, atol=1e-12)
 
 
+def test_integer_x_is_fitted_like_float_x():
+    """x of integer dtype, batched per problem (x = 0..63 here): `fit_batch` and
+    `jit(vmap(fit))` equal the solo fits on the same x as floats (the routes gathered
+    under vmap see every batched input, whatever its dtype)."""
+    y, start = problems(3, seed=4)
+    xi = np.tile(np.arange(N, dtype=np.int32), (3, 1))
+    y = np.asarray(jax.vmap(lambda p: gauss(p, xi[0] / 8.0 - 4.0))(jnp.asarray(start) * 1.1))
+
+    def shifted(p, x):  # the Gaussian on x / 8 - 4: integer x, float arithmetic
+        return gauss(p, x / 8.0 - 4.0)
+
+    batch = fit_batch(shifted, jnp.asarray(start), xi, y)
+    mapped = jax.jit(jax.vmap(lambda p0, x, y: hybrid_gn.fit(shifted, p0, x, y).params))(
+        jnp.asarray(start), jnp.asarray(xi), jnp.asarray(y))
+    for i in range(3):
+        solo = hybrid_gn.fit(shifted, jnp.asarray(start[i]), xi[i].astype(float), y[i])
+        assert bool(solo.success)
+        np.testing.assert_allclose(batch.params[i], solo.params, rtol=1e-10)
+        np.testing.assert_allclose(mapped[i], solo.params, rtol=1e-10)
+
+
 def test_isolation_in_a_batch_of_1000():
     """NaN data, a model that is Inf just beyond the start, and a problem that hits the
     iteration cap each get their own status; every other problem's result equals its result

@@ -161,7 +161,8 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_
                                                        nan_policy)
     if method == "lm" and ydata.size != 1 and p0.size > ydata.size:
         raise TypeError(f"The number of func parameters={p0.size} must not exceed the number "
-                        f"of data points={ydata.size}")
+                        f"of data points={ydata.size} (method 'lm' needs at least as many "
+                        f"ydata points as p0 has parameters)")
     options = scipy_options(kwargs, p0.size, method, "curve_fit")
     check_bounds(p0, lb, ub)
     bounds = (lb, ub) if bounded else None
