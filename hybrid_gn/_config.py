@@ -133,6 +133,10 @@ class Config(eqx.Module):
             by at most this (relative) while the point kept moving, its steps not
             shrinking as a converging fit's do, two checks in a row (see
             `_phases/_gauss_newton.py`). Default: 1e-5.
+        valley_retry: a fit that stops in a valley starts once more from where
+            Gauss-Newton started, in a trust region scaled by the Jacobian's column norms
+            there, within the same `max_iter`; the result is the better end by cost (the
+            first keeps `Status.VALLEY`). Default: True.
         trace_length: per-iteration records kept in `Result.trace`: the first ones (when
             a fit runs longer, the last record holds its latest iteration); None: 256,
             and 32 per problem in `fit_batch` (256 records of 1e6 problems would take
@@ -221,6 +225,9 @@ class Config(eqx.Module):
     # that do not shrink: running off along a valley (_phases/_gauss_newton.py)
     valley_window: int = _static(20)
     valley_rtol: float = 1e-5
+    # a fit that stopped in a valley starts once more from its start, its region scaled by
+    # the Jacobian's columns there; the better end is kept (_phases/_gauss_newton.py)
+    valley_retry: bool = _static(True)
     # above dense_max_params: matrix-free Gauss-Newton (Steihaug-Toint CG on J^T J v products,
     # cg_max_iter per step), no p x p matrix (_phases/_matrix_free.py)
     dense_max_params: int = _static(100)
@@ -243,6 +250,8 @@ class Config(eqx.Module):
         if not (isinstance(self.warmup, bool) or isinstance(self.warmup, str)
                 and self.warmup == "auto"):
             raise ValueError(f"warmup must be True, False or 'auto', got {self.warmup!r}")
+        if not isinstance(self.valley_retry, bool):
+            raise ValueError(f"valley_retry must be True or False, got {self.valley_retry!r}")
         _one_of("warmup_linesearch", self.warmup_linesearch, ("zoom", "backtracking"))
         _check_numbers(self)
 

@@ -464,6 +464,7 @@ def test_one_shot_generators_are_named():
     ("max_iter", 2.5), ("max_iter", 0), ("chunk_size", True), ("chunk_size", 0),
     ("trace_length", "10"), ("warmup", 1), ("warmup", "yes"), ("plateau_patience", 0),
     ("ftol", -1.0), ("ftol", "tight"), ("initial_radius", 0.0), ("warmup_max_points", 0),
+    ("valley_retry", "no"), ("valley_retry", 1),
 ])
 def test_config_fields_are_checked(field, value):
     with pytest.raises(ValueError, match=field):

@@ -504,6 +504,7 @@ def test_unless_inactive_keeps_or_takes_the_whole_state():
 # (xtol = sqrt(eps) / 100 = 1.5e-10, gtol = 10 eps); a cap of 5 iterations is easy to reach.
 CONFIG = config.with_tolerances(config.Config(ftol=1e-3, max_iter=5), jnp.float64)
 U = np.array([1.0, 2.0])
+START = (np.array([3.0, 4.0]), np.array([2.0, 0.5]))  # a start and the column norms of J there
 INF = np.full(2, np.inf)
 
 
@@ -520,10 +521,17 @@ CURRENT = model([1.0, 0.0], 1.0)
 
 
 def state(started=True, radius=1.0, iteration=1, resets=0, current=CURRENT, u=U,
-          anchor=(U, 1.0, np.inf, False)):
+          anchor=(U, 1.0, np.inf, False), start=None, retry=None):
     """A Gauss-Newton state at `u` with the model `current`, dtypes as `init` makes them;
-    `anchor`: the point, cost, move and verdict of the last valley check."""
+    `anchor`: the point, cost, move and verdict of the last valley check; `start`: where
+    the attempt started and the column norms of J there (`u` and ones by default);
+    `retry`: None on the first attempt, else the metric of the retry and the first
+    attempt's end (point, model)."""
     anchor_u, anchor_cost, anchor_step, anchor_suspect = anchor
+    start = (u, np.ones(np.shape(u))) if start is None else start
+    start_u, start_columns = (jnp.asarray(a, jnp.float64) for a in start)
+    metric, first_u, first_model = ((np.ones(np.shape(u)), u, current) if retry is None
+                                    else retry)
     return gauss_newton.GaussNewtonState(
         u=jnp.asarray(u, jnp.float64), model=current, use_qr=jnp.asarray(False),
         radius=jnp.asarray(radius, jnp.float64), iteration=jnp.asarray(iteration, jnp.int64),
@@ -532,7 +540,10 @@ def state(started=True, radius=1.0, iteration=1, resets=0, current=CURRENT, u=U,
         anchor_u=jnp.asarray(anchor_u, jnp.float64),
         anchor_cost=jnp.asarray(anchor_cost, jnp.float64),
         anchor_step=jnp.asarray(anchor_step, jnp.float64),
-        anchor_suspect=jnp.asarray(anchor_suspect))
+        anchor_suspect=jnp.asarray(anchor_suspect), start_u=start_u,
+        poor=jnp.asarray(False), start_columns=start_columns,
+        metric=jnp.asarray(metric, jnp.float64), retried=jnp.asarray(retry is not None),
+        first_u=jnp.asarray(first_u, jnp.float64), first_model=first_model)
 
 
 def proposal(trial, predicted) -> gauss_newton.Proposal:
@@ -727,7 +738,8 @@ def test_conclude_valley():
     below half the previous one (a converging fit), a move across rather than outward, a
     larger fall, an iteration between checks: all run on. A check moves the anchor."""
     cfg = config.with_tolerances(config.Config(ftol=1e-12, max_iter=100, valley_window=4,
-                                               valley_rtol=1e-3), jnp.float64)
+                                               valley_rtol=1e-3, valley_retry=False),
+                                 jnp.float64)
     good = (step_along_gradient(0.5), model([0.5, 0.0], 0.625))  # to U - (0.5, 0), cost 0.625
     inner = U * 0.2  # |inner| = 0.45; the new point is 1.6 away and 1.6 farther out
     out = conclude(state(iteration=3, anchor=(inner, 0.6255, 1.6, True)), *good, cfg=cfg)
@@ -752,6 +764,68 @@ def test_conclude_valley():
                                                  valley_rtol=1e-3), jnp.float64)
     out = conclude(state(iteration=3, anchor=(inner, 0.6255, 1.6, True)), *good, cfg=never)
     assert int(out.status) == Status.RUNNING
+
+
+VALLEY_CONFIG = config.with_tolerances(config.Config(ftol=1e-12, max_iter=100, valley_window=4,
+                                                     valley_rtol=1e-3), jnp.float64)
+IN_VALLEY = U * 0.2  # an anchor from which the step of `test_conclude_valley` is a valley's
+
+
+def test_conclude_valley_retry():
+    """The retry (Config.valley_retry, the default): a first attempt that stops in a valley
+    starts again from its start, unstarted (the next update evaluates it), the radius
+    initial_radius * max(|metric * start|, 1) in the metric of `retry_metric` of the start's
+    column norms, the valley checks reset, its end (point and model) kept. The retry that
+    stops in a valley again ends at the better of the two by cost: the first end with
+    VALLEY where that is lower, else its own; a retry still running, or one that ends
+    worse than the first, keeps going or keeps its own. The first evaluation records the
+    column norms of J at the start."""
+    good = (step_along_gradient(0.5), model([0.5, 0.0], 0.625))
+    valley = (IN_VALLEY, 0.6255, 1.6, True)
+    out = conclude(state(iteration=3, anchor=valley, start=START), *good, cfg=VALLEY_CONFIG)
+    assert int(out.status) == Status.RUNNING and bool(out.retried) and not bool(out.started)
+    start_u, columns = START
+    np.testing.assert_array_equal(np.asarray(out.u), start_u)
+    metric = np.array([1.0, 0.25])  # the column norms over the largest
+    np.testing.assert_array_equal(np.asarray(out.metric), metric)
+    np.testing.assert_allclose(float(out.radius), VALLEY_CONFIG.initial_radius * np.linalg.norm(
+        metric * start_u), rtol=1e-15)
+    np.testing.assert_array_equal(np.asarray(out.first_u), U - [0.5, 0])
+    assert float(out.first_model.cost) == 0.625 and int(out.iteration) == 4
+    np.testing.assert_array_equal(np.asarray(out.anchor_u), start_u)
+    assert float(out.anchor_step) == np.inf and not bool(out.anchor_suspect)
+
+    lower_first = (metric, U * 3, model([0.0, 0.0], 0.5))  # the first attempt ended at 0.5
+    out = conclude(state(iteration=3, anchor=valley, retry=lower_first), *good,
+                   cfg=VALLEY_CONFIG)
+    assert int(out.status) == Status.VALLEY and bool(out.retried)
+    np.testing.assert_array_equal(np.asarray(out.u), U * 3)
+    assert float(out.model.cost) == 0.5
+    higher_first = (metric, U * 3, model([0.0, 0.0], 0.7))
+    out = conclude(state(iteration=3, anchor=valley, retry=higher_first), *good,
+                   cfg=VALLEY_CONFIG)
+    assert int(out.status) == Status.VALLEY and float(out.model.cost) == 0.625
+    np.testing.assert_array_equal(np.asarray(out.u), U - [0.5, 0])
+    running = conclude(state(iteration=2, anchor=valley, retry=lower_first), *good,
+                       cfg=VALLEY_CONFIG)
+    assert int(running.status) == Status.RUNNING and float(running.model.cost) == 0.625
+
+    first = conclude(state(started=False, iteration=0), proposal(U, 0.0),
+                     model([0.5, 0.0], 5.0, factor=[[3.0, 0.0], [4.0, 0.5]]))
+    np.testing.assert_allclose(np.asarray(first.start_columns), [5.0, 0.5], rtol=1e-15)
+    later = conclude(first, step_along_gradient(0.5), model([0.5, 0.0], 0.625))
+    np.testing.assert_array_equal(np.asarray(later.start_columns), first.start_columns)
+
+
+def test_retry_metric():
+    """Column norms over the largest, floored at RETRY_MIN_METRIC (a variable without
+    influence at the start); no usable largest (all zero, or not finite): ones."""
+    metric = gauss_newton.retry_metric(jnp.asarray([4.0, 1.0, 0.0, 1e-5]))
+    np.testing.assert_array_equal(np.asarray(metric), [1.0, 0.25, gauss_newton.RETRY_MIN_METRIC,
+                                                       gauss_newton.RETRY_MIN_METRIC])
+    for columns in ([0.0, 0.0], [np.inf, 1.0], [np.nan, 1.0]):
+        np.testing.assert_array_equal(np.asarray(gauss_newton.retry_metric(
+            jnp.asarray(columns))), [1.0, 1.0])
 
 
 def test_every_status_is_reached():

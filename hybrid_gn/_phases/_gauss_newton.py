@@ -14,7 +14,7 @@ most ftol of the cost (the Newton decrement) is the last: it is taken without th
 pass that would only confirm it (`final_step`). The region is a ball in
 normalized coordinates: phase 0 already puts the parameters on a common
 scale, which (unlike Jacobian-column scaling) does not drift with the
-iterate.
+iterate. (The valley retry below scales it once, by the columns at the start.)
 
 The first radius depends on how well the start fits. From a poor start (the
 shape of its prediction is wrong, or it is far off the data: see
@@ -45,6 +45,23 @@ it stops with `Status.VALLEY` (not a success). A converging fit that slow
 takes steps that shrink from window to window, and a peak that walks slowly
 across the data to a better place does not head off to infinity, so neither
 is stopped.
+
+A valley is often the price of a poor scale rather than of the data: a centre
+that starts near zero by accident gets the normalized scale |p0| (0.03, say,
+for a peak 1 wide), the region barely lets it move, and the amplitudes grow
+into the valley of two merging peaks instead. So a fit that stops there starts
+once more from where Gauss-Newton started (`Config.valley_retry`), in the
+region |D s| <= radius with D the Jacobian's column norms there over their
+largest (`retry_metric`): the step per unit of radius is then one of equal
+effect on the residuals for every variable, whatever its |p0|. The retry
+shares `max_iter` with the first attempt, and the fit ends at the better of the
+two ends by cost. On two Lorentzians from Gaussian-perturbed starts it brings
+39 of 45 valley stops to the best minimum any method found (the other 6 have
+their best at infinity too). Scaling the region so from the first step of
+every poor start instead moved NIST Hahn1 and MGH10 (start 1) to other
+minima, and raising the phase-0 scale of small parameters to equal influence
+moved Lanczos1-3 and MGH10 (start 1): the retry is kept to the fits that
+failed.
 """
 
 from __future__ import annotations
@@ -69,6 +86,7 @@ VALLEY_MOVE = 1e-2
 VALLEY_SHRINK = 0.5
 VALLEY_OUTWARD = 0.5
 QR_HYSTERESIS = 8.0  # back from the QR route once cond(J) is this far below qr_condition
+RETRY_MIN_METRIC = 1e-2  # the least metric of a variable on the valley retry (`retry_metric`)
 
 
 class GaussNewtonState(eqx.Module):
@@ -86,6 +104,16 @@ class GaussNewtonState(eqx.Module):
     anchor_cost: Float[Array, ""]
     anchor_step: Float[Array, ""]
     anchor_suspect: Bool[Array, ""]  # the window before that check looked like a valley
+    # the valley retry (`Config.valley_retry`): where this attempt started, whether the
+    # start was poor, the column norms of J there, the region's metric (ones on the first
+    # attempt), whether this is the retry, and the first attempt's end
+    start_u: Float[Array, " p"]
+    poor: Bool[Array, ""]
+    start_columns: Float[Array, " p"]
+    metric: Float[Array, " p"]
+    retried: Bool[Array, ""]
+    first_u: Float[Array, " p"]
+    first_model: Model
 
     @property
     def running(self):
@@ -101,12 +129,16 @@ def init(u0: Float[Array, " p"], poor, config: Config) -> GaussNewtonState:
     model = (_matrix_free.placeholder(p, u0.dtype) if free_of_matrices else
              Linearization.triangular(jnp.zeros((p, p), u0.dtype), jnp.zeros_like(u0), zero))
     use_qr = config.factorization == "qr" and not free_of_matrices
+    ones = jnp.ones_like(u0)
     return GaussNewtonState(u=u0, model=model, use_qr=jnp.asarray(use_qr),
                             radius=first_radius(u0, poor, config),
                             iteration=jnp.asarray(0), resets=jnp.asarray(0),
                             started=jnp.asarray(False), status=jnp.asarray(Status.RUNNING),
                             anchor_u=u0, anchor_cost=zero, anchor_step=jnp.asarray(
-                                jnp.inf, u0.dtype), anchor_suspect=jnp.asarray(False))
+                                jnp.inf, u0.dtype), anchor_suspect=jnp.asarray(False),
+                            start_u=u0, poor=jnp.asarray(poor), start_columns=ones,
+                            metric=ones, retried=jnp.asarray(False), first_u=u0,
+                            first_model=model)
 
 
 def free_variables(u, gradient, lower, upper) -> Bool[Array, " p"]:
@@ -124,16 +156,26 @@ def gradient_cosine(model: Model, free) -> Float[Array, ""]:
     return jnp.where(rnorm > 0, jnp.max(jnp.where(free, cos, 0)), 0)
 
 
-def _initial_radius(u, config: Config):
-    return config.initial_radius * jnp.maximum(jnp.linalg.norm(u), 1)
+def _initial_radius(u, metric, config: Config):
+    return config.initial_radius * jnp.maximum(jnp.linalg.norm(metric * u), 1)
 
 
-def first_radius(u0, poor, config: Config) -> Float[Array, ""]:
+def first_radius(u0, poor, config: Config, metric=None) -> Float[Array, ""]:
     """The radius of the first step: `initial_radius`, or the smaller `poor_start_radius`
-    from a `poor` start (see the module docstring); both times max(|u0|, 1)."""
+    from a `poor` start (see the module docstring); both times max(|metric * u0|, 1)."""
     factor = jnp.where(poor, jnp.minimum(config.poor_start_radius, config.initial_radius),
                        config.initial_radius)
-    return (factor * jnp.maximum(jnp.linalg.norm(u0), 1)).astype(u0.dtype)
+    size = jnp.linalg.norm(u0 if metric is None else metric * u0)
+    return (factor * jnp.maximum(size, 1)).astype(u0.dtype)
+
+
+def retry_metric(columns: Float[Array, " p"]) -> Float[Array, " p"]:
+    """The region's metric on a valley retry: each variable's column norm of J at the
+    start over the largest, at least `RETRY_MIN_METRIC` (a variable without
+    influence there, an exponent in saturation, say, would otherwise be free to leap)."""
+    top = jnp.max(columns)
+    relative = jnp.where((top > 0) & jnp.isfinite(top), columns / jnp.where(top > 0, top, 1), 1)
+    return jnp.clip(jnp.where(jnp.isfinite(relative), relative, 1), RETRY_MIN_METRIC, 1)
 
 
 def rcond(use_qr, p: int, dtype) -> Float[Array, ""]:
@@ -173,10 +215,11 @@ def propose(state: GaussNewtonState, lower, upper) -> Proposal:
     u = state.u
     cutoff = rcond(state.use_qr, u.shape[0], u.dtype)
     free = free_variables(u, eq.gradient, lower, upper)
-    step = trust_region_step(eq.factor, eq.qtr, state.radius, free, cutoff,
+    metric = state.metric  # the region is |metric * step| <= radius
+    step = trust_region_step(eq.factor / metric, eq.qtr, state.radius, free, cutoff,
                              orthogonal_rows=eq.orthogonal_rows,
                              well_conditioned=~eq.orthogonal_rows & (
-                                 eq.condition <= accurate_steps(u.dtype)))
+                                 eq.condition <= accurate_steps(u.dtype))) / metric
     trial = jnp.where(state.started, jnp.clip(u + step, lower, upper), u)
     r_step = eq.factor @ (trial - u)
     return Proposal(trial, -(eq.qtr @ r_step + 0.5 * r_step @ r_step))
@@ -197,6 +240,7 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upp
     ratio = jnp.where(predicted > 0, actual / jnp.where(predicted > 0, predicted, 1), 0)
     good = new.finite & (predicted > 0) & (actual > config.accept_ratio * predicted)
     step_norm = jnp.linalg.norm(step)
+    region_norm = jnp.linalg.norm(state.metric * step)  # what the radius bounds
     # A full (not radius-limited) Gauss-Newton step that promised, and changed the cost
     # by, no more than the cost can resolve (sqrt(eps) relative, far above the rounding
     # of a sum of squares: the rounding of `actual` depends on how the program was
@@ -207,7 +251,7 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upp
     # iterations). The point after a full Gauss-Newton step is the optimum to second
     # order, so the answer does not depend on that rounding. Where the step also
     # promised at most ftol, it ends the fit (ftol, MINPACK's second form).
-    full_step = step_norm < 0.99 * state.radius
+    full_step = region_norm < 0.99 * state.radius
     resolution = jnp.maximum(config.ftol, jnp.sqrt(jnp.finfo(eq.cost.dtype).eps))
     unresolved = (state.started & new.finite & full_step & (predicted <= resolution * eq.cost)
                   & (jnp.abs(actual) <= resolution * eq.cost))
@@ -217,9 +261,9 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upp
     u_next = jnp.where(accept, trial, u)
     eq_next = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, eq)
     shrink = ~new.finite | ((ratio < 0.25) & ~unresolved)
-    grow = (ratio > 0.75) & (step_norm > 0.95 * state.radius)
-    radius = jnp.where(shrink, config.radius_shrink * step_norm,
-                       jnp.where(grow, jnp.maximum(state.radius, 2 * step_norm), state.radius))
+    grow = (ratio > 0.75) & (region_norm > 0.95 * state.radius)
+    radius = jnp.where(shrink, config.radius_shrink * region_norm,
+                       jnp.where(grow, jnp.maximum(state.radius, 2 * region_norm), state.radius))
     radius = jnp.where(state.started, radius, state.radius)  # the first one is set by init
 
     free_next = free_variables(u_next, eq_next.gradient, lower, upper)
@@ -247,22 +291,59 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upp
          Status.STALLED, Status.CONVERGED_XTOL, Status.VALLEY, Status.MAX_ITERATIONS],
         Status.RUNNING).astype(state.status.dtype)
 
-    radius = jnp.where(recover, _initial_radius(u_next, config), radius)
-    last, last_step = final_step(eq_next, free_next, radius, u_next, lower, upper, config)
+    radius = jnp.where(recover, _initial_radius(u_next, state.metric, config), radius)
+    last, last_step = final_step(eq_next, free_next, radius, u_next, lower, upper, config,
+                                 state.metric)
     last = last & (status == Status.RUNNING)
     u_next = jnp.where(last, u_next + last_step, u_next)
     status = jnp.where(last, Status.CONVERGED_FTOL, status).astype(state.status.dtype)
-    return GaussNewtonState(u=u_next, model=eq_next, use_qr=next_route(state.use_qr, new, accept,
-                                                                      config), radius=radius,
-                            iteration=iteration, resets=state.resets + recover,
-                            started=jnp.asarray(True), status=status,
-                            anchor_u=jnp.where(at_check, u_next, state.anchor_u),
-                            anchor_cost=jnp.where(at_check, eq_next.cost, state.anchor_cost),
-                            anchor_step=jnp.where(at_check, moved, state.anchor_step),
-                            anchor_suspect=jnp.where(at_check, suspect, state.anchor_suspect))
+    start_columns = state.start_columns
+    if isinstance(new, Linearization):  # static: the matrix-free model has no metric
+        start_columns = jnp.where(state.started | state.retried, start_columns,
+                                  new.column_norms)
+    done = GaussNewtonState(
+        u=u_next, model=eq_next, use_qr=next_route(state.use_qr, new, accept, config),
+        radius=radius, iteration=iteration, resets=state.resets + recover,
+        started=jnp.asarray(True), status=status,
+        anchor_u=jnp.where(at_check, u_next, state.anchor_u),
+        anchor_cost=jnp.where(at_check, eq_next.cost, state.anchor_cost),
+        anchor_step=jnp.where(at_check, moved, state.anchor_step),
+        anchor_suspect=jnp.where(at_check, suspect, state.anchor_suspect),
+        start_u=state.start_u, poor=state.poor, start_columns=start_columns,
+        metric=state.metric, retried=state.retried, first_u=state.first_u,
+        first_model=state.first_model)
+    return _valley_retry(done, config)
 
 
-def final_step(model: Model, free, radius, u, lower, upper, config: Config
+def _valley_retry(state: GaussNewtonState, config: Config) -> GaussNewtonState:
+    """The state after `conclude`, with `Config.valley_retry` applied: a first attempt
+    that just stopped in a valley starts again from its start in the region of
+    `retry_metric` (its end kept), and a retry that just stopped ends at the better of
+    the two attempts (by cost; the first one keeps its status, VALLEY).
+    """
+    if not config.valley_retry or not isinstance(state.model, Linearization):  # static
+        return state
+    restart = ~state.retried & (state.status == Status.VALLEY)
+    metric = retry_metric(state.start_columns)
+    restarted = eqx.tree_at(
+        lambda s: (s.u, s.radius, s.started, s.status, s.anchor_u, s.anchor_cost,
+                   s.anchor_step, s.anchor_suspect, s.metric, s.retried, s.first_u,
+                   s.first_model),
+        state, (state.start_u, first_radius(state.start_u, state.poor, config, metric),
+                jnp.asarray(False), jnp.asarray(Status.RUNNING, state.status.dtype),
+                state.start_u, jnp.zeros_like(state.anchor_cost),
+                jnp.full_like(state.anchor_step, jnp.inf), jnp.asarray(False), metric,
+                jnp.asarray(True), state.u, state.model))
+    back = state.retried & (state.status != Status.RUNNING) & (
+        state.first_model.cost < state.model.cost)
+    first = eqx.tree_at(lambda s: (s.u, s.model, s.status), state,
+                        (state.first_u, state.first_model,
+                         jnp.asarray(Status.VALLEY, state.status.dtype)))
+    return jax.tree.map(lambda a, b, c: jnp.where(restart, a, jnp.where(back, b, c)),
+                        restarted, first, state)
+
+
+def final_step(model: Model, free, radius, u, lower, upper, config: Config, metric=1.0
                ) -> tuple[Bool[Array, ""], Float[Array, " p"]]:
     """`(last, step)`: whether the full Gauss-Newton step from `u` is the fit's last, taken
     without evaluating it, and that step.
@@ -282,7 +363,7 @@ def final_step(model: Model, free, radius, u, lower, upper, config: Config
     bound = jnp.minimum(config.ftol, jnp.sqrt(jnp.finfo(dtype).eps)) * model.cost
     plain = (model.finite & ~model.orthogonal_rows & (model.condition <= accurate_steps(dtype))
              & jnp.all(free) & jnp.all(jnp.isfinite(step)))
-    inside = (jnp.linalg.norm(step) < 0.99 * radius) & jnp.all(
+    inside = (jnp.linalg.norm(metric * step) < 0.99 * radius) & jnp.all(
         (u + step >= lower) & (u + step <= upper))
     return plain & inside & (0.5 * jnp.sum(model.qtr**2) <= bound), step
 
