@@ -525,12 +525,12 @@ def state(started=True, radius=1.0, iteration=1, resets=0, current=CURRENT, u=U,
     """A Gauss-Newton state at `u` with the model `current`, dtypes as `init` makes them;
     `anchor`: the point, cost, move and verdict of the last valley check; `start`: where
     the attempt started and the column norms of J there (`u` and ones by default);
-    `retry`: None on the first attempt, else the metric of the retry and the first
-    attempt's end (point, model)."""
+    `retry`: None on the first attempt, else the attempt (RETRY or BACK) and the first
+    attempt's end (point, cost)."""
     anchor_u, anchor_cost, anchor_step, anchor_suspect = anchor
     start = (u, np.ones(np.shape(u))) if start is None else start
     start_u, start_columns = (jnp.asarray(a, jnp.float64) for a in start)
-    metric, first_u, first_model = ((np.ones(np.shape(u)), u, current) if retry is None
+    attempt, first_u, first_cost = ((gauss_newton.FIRST, u, 0.0) if retry is None
                                     else retry)
     return gauss_newton.GaussNewtonState(
         u=jnp.asarray(u, jnp.float64), model=current, use_qr=jnp.asarray(False),
@@ -542,8 +542,8 @@ def state(started=True, radius=1.0, iteration=1, resets=0, current=CURRENT, u=U,
         anchor_step=jnp.asarray(anchor_step, jnp.float64),
         anchor_suspect=jnp.asarray(anchor_suspect), start_u=start_u,
         poor=jnp.asarray(False), start_columns=start_columns,
-        metric=jnp.asarray(metric, jnp.float64), retried=jnp.asarray(retry is not None),
-        first_u=jnp.asarray(first_u, jnp.float64), first_model=first_model)
+        attempt=jnp.asarray(attempt, jnp.int64), first_u=jnp.asarray(first_u, jnp.float64),
+        first_cost=jnp.asarray(first_cost, jnp.float64))
 
 
 def proposal(trial, predicted) -> gauss_newton.Proposal:
@@ -775,15 +775,16 @@ def test_conclude_valley_retry():
     """The retry (Config.valley_retry, the default): a first attempt that stops in a valley
     starts again from its start, unstarted (the next update evaluates it), the radius
     initial_radius * max(|metric * start|, 1) in the metric of `retry_metric` of the start's
-    column norms, the valley checks reset, its end (point and model) kept. The retry that
-    stops in a valley again ends at the better of the two by cost: the first end with
-    VALLEY where that is lower, else its own; a retry still running, or one that ends
-    worse than the first, keeps going or keeps its own. The first evaluation records the
-    column norms of J at the start."""
+    column norms, the valley checks reset, its end's point and cost kept. A retry that
+    stops above that cost goes BACK there, unstarted; the evaluation there ends the fit
+    with VALLEY at that point (no step, no iteration counted). A retry that ends lower, or
+    one still running, keeps its own. The first evaluation records the column norms of J
+    at the start."""
     good = (step_along_gradient(0.5), model([0.5, 0.0], 0.625))
     valley = (IN_VALLEY, 0.6255, 1.6, True)
     out = conclude(state(iteration=3, anchor=valley, start=START), *good, cfg=VALLEY_CONFIG)
-    assert int(out.status) == Status.RUNNING and bool(out.retried) and not bool(out.started)
+    assert int(out.status) == Status.RUNNING and not bool(out.started)
+    assert int(out.attempt) == gauss_newton.RETRY
     start_u, columns = START
     np.testing.assert_array_equal(np.asarray(out.u), start_u)
     metric = np.array([1.0, 0.25])  # the column norms over the largest
@@ -791,17 +792,24 @@ def test_conclude_valley_retry():
     np.testing.assert_allclose(float(out.radius), VALLEY_CONFIG.initial_radius * np.linalg.norm(
         metric * start_u), rtol=1e-15)
     np.testing.assert_array_equal(np.asarray(out.first_u), U - [0.5, 0])
-    assert float(out.first_model.cost) == 0.625 and int(out.iteration) == 4
+    assert float(out.first_cost) == 0.625 and int(out.iteration) == 4
     np.testing.assert_array_equal(np.asarray(out.anchor_u), start_u)
     assert float(out.anchor_step) == np.inf and not bool(out.anchor_suspect)
 
-    lower_first = (metric, U * 3, model([0.0, 0.0], 0.5))  # the first attempt ended at 0.5
+    lower_first = (gauss_newton.RETRY, U * 3, 0.5)  # the first attempt ended at cost 0.5
     out = conclude(state(iteration=3, anchor=valley, retry=lower_first), *good,
                    cfg=VALLEY_CONFIG)
-    assert int(out.status) == Status.VALLEY and bool(out.retried)
+    assert int(out.status) == Status.RUNNING and not bool(out.started)
+    assert int(out.attempt) == gauss_newton.BACK
     np.testing.assert_array_equal(np.asarray(out.u), U * 3)
-    assert float(out.model.cost) == 0.5
-    higher_first = (metric, U * 3, model([0.0, 0.0], 0.7))
+    np.testing.assert_array_equal(np.asarray(out.metric), [1.0, 1.0])
+    there = model([0.1, 0.0], 0.5)
+    end = conclude(out, proposal(U * 3, 0.0), there, cfg=VALLEY_CONFIG)
+    assert int(end.status) == Status.VALLEY and bool(end.started)
+    np.testing.assert_array_equal(np.asarray(end.u), U * 3)
+    assert float(end.model.cost) == 0.5 and int(end.iteration) == int(out.iteration)
+
+    higher_first = (gauss_newton.RETRY, U * 3, 0.7)
     out = conclude(state(iteration=3, anchor=valley, retry=higher_first), *good,
                    cfg=VALLEY_CONFIG)
     assert int(out.status) == Status.VALLEY and float(out.model.cost) == 0.625
@@ -809,6 +817,7 @@ def test_conclude_valley_retry():
     running = conclude(state(iteration=2, anchor=valley, retry=lower_first), *good,
                        cfg=VALLEY_CONFIG)
     assert int(running.status) == Status.RUNNING and float(running.model.cost) == 0.625
+    assert int(running.attempt) == gauss_newton.RETRY
 
     first = conclude(state(started=False, iteration=0), proposal(U, 0.0),
                      model([0.5, 0.0], 5.0, factor=[[3.0, 0.0], [4.0, 0.5]]))

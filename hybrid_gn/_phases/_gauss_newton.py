@@ -87,6 +87,7 @@ VALLEY_SHRINK = 0.5
 VALLEY_OUTWARD = 0.5
 QR_HYSTERESIS = 8.0  # back from the QR route once cond(J) is this far below qr_condition
 RETRY_MIN_METRIC = 1e-2  # the least metric of a variable on the valley retry (`retry_metric`)
+FIRST, RETRY, BACK = 0, 1, 2  # GaussNewtonState.attempt
 
 
 class GaussNewtonState(eqx.Module):
@@ -104,16 +105,21 @@ class GaussNewtonState(eqx.Module):
     anchor_cost: Float[Array, ""]
     anchor_step: Float[Array, ""]
     anchor_suspect: Bool[Array, ""]  # the window before that check looked like a valley
-    # the valley retry (`Config.valley_retry`): where this attempt started, whether the
-    # start was poor, the column norms of J there, the region's metric (ones on the first
-    # attempt), whether this is the retry, and the first attempt's end
+    # the valley retry (`Config.valley_retry`): where Gauss-Newton started, whether the start
+    # was poor, the column norms of J there, the attempt (FIRST, RETRY, or BACK: going back
+    # to the first attempt's end, which was better) and that end's point and cost
     start_u: Float[Array, " p"]
     poor: Bool[Array, ""]
     start_columns: Float[Array, " p"]
-    metric: Float[Array, " p"]
-    retried: Bool[Array, ""]
+    attempt: Int[Array, ""]
     first_u: Float[Array, " p"]
-    first_model: Model
+    first_cost: Float[Array, ""]
+
+    @property
+    def metric(self) -> Float[Array, " p"]:
+        """The trust region is |metric * step| <= radius: ones, and `retry_metric` on the
+        retry."""
+        return jnp.where(self.attempt == RETRY, retry_metric(self.start_columns), 1)
 
     @property
     def running(self):
@@ -137,8 +143,7 @@ def init(u0: Float[Array, " p"], poor, config: Config) -> GaussNewtonState:
                             anchor_u=u0, anchor_cost=zero, anchor_step=jnp.asarray(
                                 jnp.inf, u0.dtype), anchor_suspect=jnp.asarray(False),
                             start_u=u0, poor=jnp.asarray(poor), start_columns=ones,
-                            metric=ones, retried=jnp.asarray(False), first_u=u0,
-                            first_model=model)
+                            attempt=jnp.asarray(FIRST), first_u=u0, first_cost=zero)
 
 
 def free_variables(u, gradient, lower, upper) -> Bool[Array, " p"]:
@@ -299,7 +304,7 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upp
     status = jnp.where(last, Status.CONVERGED_FTOL, status).astype(state.status.dtype)
     start_columns = state.start_columns
     if isinstance(new, Linearization):  # static: the matrix-free model has no metric
-        start_columns = jnp.where(state.started | state.retried, start_columns,
+        start_columns = jnp.where(state.started | (state.attempt != FIRST), start_columns,
                                   new.column_norms)
     done = GaussNewtonState(
         u=u_next, model=eq_next, use_qr=next_route(state.use_qr, new, accept, config),
@@ -310,37 +315,41 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upp
         anchor_step=jnp.where(at_check, moved, state.anchor_step),
         anchor_suspect=jnp.where(at_check, suspect, state.anchor_suspect),
         start_u=state.start_u, poor=state.poor, start_columns=start_columns,
-        metric=state.metric, retried=state.retried, first_u=state.first_u,
-        first_model=state.first_model)
+        attempt=state.attempt, first_u=state.first_u, first_cost=state.first_cost)
     return _valley_retry(done, config)
 
 
 def _valley_retry(state: GaussNewtonState, config: Config) -> GaussNewtonState:
     """The state after `conclude`, with `Config.valley_retry` applied: a first attempt
-    that just stopped in a valley starts again from its start in the region of
-    `retry_metric` (its end kept), and a retry that just stopped ends at the better of
-    the two attempts (by cost; the first one keeps its status, VALLEY).
+    that just stopped in a valley starts again from the start (unstarted: the next update
+    evaluates it), in the region of `retry_metric`, its end's point and cost kept; a
+    retry that just stopped above that cost goes BACK to that point (one evaluation,
+    not counted as an iteration, instead of a copy of its model in every state), which
+    then ends the fit there with VALLEY.
     """
     if not config.valley_retry or not isinstance(state.model, Linearization):  # static
         return state
-    restart = ~state.retried & (state.status == Status.VALLEY)
+    restart = (state.attempt == FIRST) & (state.status == Status.VALLEY)
+    back = (state.attempt == RETRY) & (state.status != Status.RUNNING) & (
+        state.first_cost < state.model.cost)
+    again = restart | back  # from an unstarted state at start_u or first_u
+    returned = state.attempt == BACK  # the first attempt's end, evaluated again
+    retry = jnp.where(restart, RETRY, state.attempt)
     metric = retry_metric(state.start_columns)
-    restarted = eqx.tree_at(
+    radius = first_radius(state.start_u, state.poor, config, metric)
+    u = jnp.where(restart, state.start_u, jnp.where(back | returned, state.first_u, state.u))
+    status = jnp.where(again, Status.RUNNING, jnp.where(returned, Status.VALLEY, state.status))
+    return eqx.tree_at(
         lambda s: (s.u, s.radius, s.started, s.status, s.anchor_u, s.anchor_cost,
-                   s.anchor_step, s.anchor_suspect, s.metric, s.retried, s.first_u,
-                   s.first_model),
-        state, (state.start_u, first_radius(state.start_u, state.poor, config, metric),
-                jnp.asarray(False), jnp.asarray(Status.RUNNING, state.status.dtype),
-                state.start_u, jnp.zeros_like(state.anchor_cost),
-                jnp.full_like(state.anchor_step, jnp.inf), jnp.asarray(False), metric,
-                jnp.asarray(True), state.u, state.model))
-    back = state.retried & (state.status != Status.RUNNING) & (
-        state.first_model.cost < state.model.cost)
-    first = eqx.tree_at(lambda s: (s.u, s.model, s.status), state,
-                        (state.first_u, state.first_model,
-                         jnp.asarray(Status.VALLEY, state.status.dtype)))
-    return jax.tree.map(lambda a, b, c: jnp.where(restart, a, jnp.where(back, b, c)),
-                        restarted, first, state)
+                   s.anchor_step, s.anchor_suspect, s.attempt, s.first_u, s.first_cost),
+        state, (u, jnp.where(restart, radius, state.radius), state.started & ~again,
+                status.astype(state.status.dtype), jnp.where(restart, u, state.anchor_u),
+                jnp.where(restart, 0, state.anchor_cost),
+                jnp.where(restart, jnp.inf, state.anchor_step),
+                state.anchor_suspect & ~restart,
+                jnp.where(back, BACK, retry).astype(state.attempt.dtype),
+                jnp.where(restart, state.u, state.first_u),
+                jnp.where(restart, state.model.cost, state.first_cost)))
 
 
 def final_step(model: Model, free, radius, u, lower, upper, config: Config, metric=1.0
