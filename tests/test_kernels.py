@@ -895,6 +895,44 @@ def test_propose_on_a_linear_model():
     np.testing.assert_allclose(t[others], reduced, rtol=1e-10)
 
 
+def test_propose_in_the_retry_metric():
+    """On the retry the region is |D s| <= radius, D = `retry_metric` of the start's column
+    norms ((4, 1, 2) here: D = (1, 0.25, 0.5)). The trial is the minimizer of the linear
+    model in that region whichever route the model took: the Cholesky factor (cond(J) =
+    10), and the eigen route (cond(J) = 1e7), whose rows D makes not orthogonal. Reference:
+    numpy's s(lam) = -(A + lam D^2)^-1 g, lam found by bisection so that |D s(lam)| is the
+    trial's; that length is between the radius and (1 + BOUNDARY_TOLERANCE) times it."""
+    rng = np.random.default_rng(7)
+    left, _, right = np.linalg.svd(rng.standard_normal((6, 3)), full_matrices=False)
+    resid = rng.standard_normal(6)
+    metric = np.array([1.0, 0.25, 0.5])
+    for cond, rows in ((10.0, False), (1e7, True)):
+        jac = left @ np.diag([1.0, 0.3, 1 / cond]) @ right
+        a, g = jac.T @ jac, jac.T @ resid
+        lin = accumulate.from_normal_equations(jnp.asarray(a), jnp.asarray(g),
+                                               jnp.asarray(0.5 * resid @ resid))
+        assert bool(lin.orthogonal_rows) == rows
+        radius = 0.05
+        s = state(radius=radius, current=lin, u=np.zeros(3),
+                  start=(np.zeros(3), [4.0, 1.0, 2.0]), retry=(gauss_newton.RETRY, np.zeros(3),
+                                                               1.0))
+        np.testing.assert_array_equal(np.asarray(s.metric), metric)
+        step = np.asarray(gauss_newton.propose(s, jnp.full(3, -np.inf),
+                                               jnp.full(3, np.inf)).trial)
+        length = np.linalg.norm(metric * step)
+        assert radius * (1 - 1e-9) <= length <= (1 + cholesky.BOUNDARY_TOLERANCE) * radius
+
+        def damped(lam, a=a, g=g):
+            return -np.linalg.solve(a + lam * np.diag(metric**2), g)
+
+        low, high = 0.0, 1e12
+        for _ in range(200):  # |D s(lam)| falls as lam grows
+            mid = np.sqrt(low * high) if low > 0 else high * 1e-12
+            low, high = (mid, high) if np.linalg.norm(metric * damped(mid)) > length else (
+                low, mid)
+        np.testing.assert_allclose(step, damped(high), rtol=1e-6, atol=1e-12)
+
+
 def test_final_step_is_the_gauss_newton_step_below_ftol():
     """`final_step` takes the full Gauss-Newton step -R^-1 qtr (lstsq of the linear model)
     exactly when its Newton decrement 1/2 |qtr|^2 is at most min(ftol, sqrt eps) of the

@@ -221,8 +221,9 @@ def propose(state: GaussNewtonState, lower, upper) -> Proposal:
     cutoff = rcond(state.use_qr, u.shape[0], u.dtype)
     free = free_variables(u, eq.gradient, lower, upper)
     metric = state.metric  # the region is |metric * step| <= radius
+    # (rows of R orthogonal are no longer so once its columns are scaled)
     step = trust_region_step(eq.factor / metric, eq.qtr, state.radius, free, cutoff,
-                             orthogonal_rows=eq.orthogonal_rows,
+                             orthogonal_rows=eq.orthogonal_rows & jnp.all(metric == 1),
                              well_conditioned=~eq.orthogonal_rows & (
                                  eq.condition <= accurate_steps(u.dtype))) / metric
     trial = jnp.where(state.started, jnp.clip(u + step, lower, upper), u)
