@@ -543,7 +543,8 @@ _BAD = [
     ("curve_fit-lb-gt-ub-no-p0", _curve_fit(p0=None, bounds=([0.0, 2.0, -1.0], [10.0, 0.5, 1.0])),
      ValueError, "Each lower bound must be strictly less than each upper bound"),
     ("curve_fit-too-few-points", _curve_fit(xdata=X[:2], ydata=Y[:2]), TypeError,
-     "The number of func parameters=3 must not exceed the number of data points=2"),
+     r"The number of func parameters=3 must not exceed the number of data points=2 "
+     r"\(method 'lm' needs at least as many ydata points as p0 has parameters\)"),
     ("curve_fit-too-few-points-trf", _curve_fit(xdata=X[:2], ydata=Y[:2], method="trf"),
      ValueError, "too few data points"),
     ("curve_fit-p0-too-short", _curve_fit(p0=[1.0, 1.0]), ValueError,
