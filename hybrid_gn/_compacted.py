@@ -85,11 +85,6 @@ def compacted_loop(active: Callable[[State], Array],
     return jax.lax.while_loop(lambda c: c[2] > 0, turn, (states, *sweep(states)))[0]
 
 
-def _slot(trace: Trace) -> Array:
-    """The entry the next step writes (the last once the trace is full)."""
-    return jnp.minimum(trace.length, trace.cost.shape[-1] - 1)
-
-
 def _records(trace: Trace) -> tuple[Array, ...]:
     return trace.cost, trace.grad_norm, trace.radius, trace.phase
 
@@ -106,7 +101,7 @@ def _gather_states(states: State, index: Array) -> State:
     """The problems `index` of `states`, each with a one-entry trace: the entry its next
     step writes."""
     trace = states.trace
-    slot = _slot(trace)[index]
+    slot = trace.next_entry[index]
     entries = (a[index, slot][:, None] for a in _records(trace))
     rest = jax.tree.map(lambda a: a[index], _without_trace(states))
     return _with_trace(rest, Trace(*entries, trace.length[index]))
@@ -115,7 +110,7 @@ def _gather_states(states: State, index: Array) -> State:
 def _scatter_states(states: State, index: Array, sub: State) -> State:
     """`states` with the problems `index` replaced by `sub` (from `_gather_states`)."""
     trace = states.trace
-    slot = _slot(trace)[index]
+    slot = trace.next_entry[index]
     entries = (a.at[index, slot].set(b[:, 0], unique_indices=True)
                for a, b in zip(_records(trace), _records(sub.trace), strict=True))
     trace = Trace(*entries, trace.length.at[index].set(sub.trace.length, unique_indices=True))
@@ -131,7 +126,7 @@ def _unless_inactive(on, new: State, old: State) -> State:
     def keep(a, b):
         return jnp.where(on, a, b)
 
-    k = _slot(old.trace)
+    k = old.trace.next_entry
     trace = Trace(*(b.at[k].set(keep(a[k], b[k]))
                     for a, b in zip(_records(new.trace), _records(old.trace), strict=True)),
                   keep(new.trace.length, old.trace.length))

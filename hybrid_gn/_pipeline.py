@@ -363,7 +363,7 @@ def _record(config: Config, trace: Trace, phase, cost, grad_norm, radius) -> Tra
     `config.progress`, the entry is also reported on the host."""
     if config.progress:  # static: without it no callback is compiled in
         jax.debug.callback(_report, phase, trace.length + 1, cost, grad_norm, radius)
-    k = jnp.minimum(trace.length, trace.cost.shape[0] - 1)
+    k = trace.next_entry
     return Trace(trace.cost.at[k].set(cost), trace.grad_norm.at[k].set(grad_norm),
                  trace.radius.at[k].set(radius), trace.phase.at[k].set(phase),
                  trace.length + 1)

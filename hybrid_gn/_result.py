@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 
 import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PyTree
 
@@ -213,6 +214,11 @@ class Trace(eqx.Module):
     radius: Float[Array, " T"]
     phase: Int[Array, " T"]
     length: Int[Array, ""]
+
+    @property
+    def next_entry(self) -> Int[Array, "*batch"]:
+        """The entry the next iteration writes (the last once the trace is full)."""
+        return jnp.minimum(self.length, self.cost.shape[-1] - 1)
 
 
 class Result(eqx.Module):

@@ -161,10 +161,6 @@ def gradient_cosine(model: Model, free) -> Float[Array, ""]:
     return jnp.where(rnorm > 0, jnp.max(jnp.where(free, cos, 0)), 0)
 
 
-def _initial_radius(u, metric, config: Config):
-    return config.initial_radius * jnp.maximum(jnp.linalg.norm(metric * u), 1)
-
-
 def first_radius(u0, poor, config: Config, metric=None) -> Float[Array, ""]:
     """The radius of the first step: `initial_radius`, or the smaller `poor_start_radius`
     from a `poor` start (see the module docstring); both times max(|metric * u0|, 1)."""
@@ -297,7 +293,7 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upp
          Status.STALLED, Status.CONVERGED_XTOL, Status.VALLEY, Status.MAX_ITERATIONS],
         Status.RUNNING).astype(state.status.dtype)
 
-    radius = jnp.where(recover, _initial_radius(u_next, state.metric, config), radius)
+    radius = jnp.where(recover, first_radius(u_next, False, config, state.metric), radius)
     last, last_step = final_step(eq_next, free_next, radius, u_next, lower, upper, config,
                                  state.metric)
     last = last & (status == Status.RUNNING)
