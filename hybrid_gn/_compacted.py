@@ -67,7 +67,10 @@ def compacted_loop(active: Callable[[State], Array],
                                   lambda s: stepped(inputs, s), states)
 
     def sweep(states):  # the active problems first, their count, and the start
-        on = jax.vmap(active)(states)
+        # the barrier keeps XLA from constant-folding the first sweep, whose flags can be
+        # constants (every problem starts active): folding that running count took 1.2 s
+        # of the compile at B = 1e5 and 7 s at 1e6 (benchmarks/RESULTS.md)
+        on = jax.lax.optimization_barrier(jax.vmap(active)(states))
         order = active_first(on, size)
         return order, jnp.sum(on, dtype=jnp.int32), jnp.asarray(0, jnp.int32)
 
