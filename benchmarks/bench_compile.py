@@ -1,0 +1,112 @@
+"""Where the first call's time goes: trace, lowering and XLA compile, and the program's size.
+
+    PYTHONPATH=. python benchmarks/bench_compile.py [--family gaussian_offset,two_lorentzians]
+        [--size 1e3] [--runs 3] [--timeout 300] [--forms "hybrid_gn jit(vmap(fit)),..."]
+
+B problems of a `bench_many_small.py` family (uniform starts, float64), one fresh
+process per (family, form, run), and for each form the medians over the runs:
+
+* trace s, lower s: `jax.jit(...).trace(...)` and `.lower()`;
+* XLA s, XLA CPU s: `.compile()`, wall and process CPU time (XLA compiles the kernels
+  on a thread pool, so CPU time is the steadier figure on a shared machine);
+* HLO: instructions of the optimized module; fusions: its fusion instructions outside
+  fused computations, the loops XLA's CPU backend generates machine code for (identical
+  ones may share a kernel).
+
+Forms: `jit(vmap(fit))` (what `fit_batch` runs, without its compile options), `jit(fit)`
+of one problem, and optimistix LM under `jit(vmap)` as in `bench_many_small.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+
+import harness
+
+FORMS = ("hybrid_gn jit(vmap(fit))", "hybrid_gn jit(fit)", "optimistix LM")
+
+
+def measure(name: str, form: str, b: int) -> dict:
+    """The figures of one form in this (fresh) process."""
+    import bench_many_small as small
+    import jax
+    import jax.numpy as jnp
+
+    import hybrid_gn
+
+    jax.config.update("jax_enable_x64", True)
+    x, y, _, start = small.problems(name, "uniform", b)
+    family_model = small.FAMILIES[name].model
+
+    def model(p, x):
+        return family_model(p, x, jnp)
+
+    xj, yj, sj = jnp.asarray(x), jnp.asarray(y), jnp.asarray(start)
+    if form == "hybrid_gn jit(vmap(fit))":
+        f = jax.jit(jax.vmap(lambda y, p0: hybrid_gn.fit(model, p0, xj, y).params))
+        args = (yj, sj)
+    elif form == "hybrid_gn jit(fit)":
+        f = jax.jit(lambda y, p0: hybrid_gn.fit(model, p0, xj, y).params)
+        args = (yj[0], sj[0])
+    else:
+        f = small._optimistix(model, xj, yj)
+        args = (yj, sj)
+    jax.block_until_ready(jax.jit(jnp.negative)(1.0))  # the backend is up before timing
+    t0 = time.perf_counter()
+    traced = f.trace(*args)
+    t1 = time.perf_counter()
+    lowered = traced.lower()
+    t2 = time.perf_counter()
+    cpu = time.process_time()
+    compiled = lowered.compile()
+    cpu = time.process_time() - cpu
+    t3 = time.perf_counter()
+    text = compiled.as_text()
+    return {"trace": t1 - t0, "lower": t2 - t1, "xla": t3 - t2, "xla_cpu": cpu,
+            "hlo": sum(" = " in line for line in text.splitlines() if line.startswith("  ")),
+            "fusions": _fusions(text)}
+
+
+def _fusions(text: str) -> int:
+    """Fusion instructions outside fused computations."""
+    count, inside = 0, False
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith("{"):
+            inside = bool(re.match(r"^%?(fused|wrapped)", line.split()[0].lstrip("%")))
+        elif not inside and re.search(r"= \S+ fusion\(", line):
+            count += 1
+    return count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", default="gaussian_offset,two_lorentzians")
+    parser.add_argument("--size", default="1e3")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--forms", default=",".join(FORMS))
+    args = parser.parse_args()
+    b = int(float(args.size))
+    keys = ("trace", "lower", "xla", "xla_cpu", "hlo", "fusions")
+    rows = []
+    for name in args.family.split(","):
+        for form in args.forms.split(","):
+            outs = harness.in_subprocesses(measure, name, form, b, runs=args.runs,
+                                           timeout=args.timeout)
+            bad = harness.failure(outs)
+            if bad is not None:
+                rows.append([name, form, bad.status, *[""] * (len(keys) - 1)])
+                continue
+            stats = [harness.pooled(outs, key) for key in keys]
+            rows.append([name, form, *(f"{s.median:.2f}" for s in stats[:4]),
+                         *(f"{s.median:.0f}" for s in stats[4:])])
+            print(rows[-1], flush=True)
+    print(harness.markdown_table(
+        ["family", "form", "trace s", "lower s", "XLA s", "XLA CPU s", "HLO", "fusions"],
+        rows))
+
+
+if __name__ == "__main__":
+    main()
