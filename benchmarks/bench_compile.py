@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/bench_compile.py [--family gaussian_offset,two_lorentzians]
         [--size 1e3] [--runs 3] [--timeout 300] [--forms "hybrid_gn jit(vmap(fit)),..."]
+        [--cache-runs 3]
 
 B problems of a `bench_many_small.py` family (uniform starts, float64), one fresh
 process per (family, form, run), and for each form the medians over the runs:
@@ -15,6 +16,10 @@ process per (family, form, run), and for each form the medians over the runs:
 
 Forms: `jit(vmap(fit))` (what `fit_batch` runs, without its compile options), `jit(fit)`
 of one problem, and optimistix LM under `jit(vmap)` as in `bench_many_small.py`.
+
+With --cache-runs K, instead: the first call of `fit_batch` (wall seconds, to its
+result) in 1 + K fresh processes that share a new JAX persistent compilation cache
+(`jax_compilation_cache_dir`): the first fills it, the K others read it.
 """
 
 from __future__ import annotations
@@ -69,6 +74,46 @@ def measure(name: str, form: str, b: int) -> dict:
             "fusions": _fusions(text)}
 
 
+def first_fit_batch(name: str, b: int, cache: str) -> dict:
+    """Wall seconds of the first `fit_batch` call in this process, with the persistent
+    compilation cache at `cache`."""
+    import bench_many_small as small
+    import jax
+    import jax.numpy as jnp
+
+    import hybrid_gn
+
+    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_compilation_cache_dir", cache)
+    x, y, _, start = small.problems(name, "uniform", b)
+    family_model = small.FAMILIES[name].model
+
+    def model(p, x):
+        return family_model(p, x, jnp)
+
+    xs, ys, p0s = jnp.broadcast_to(jnp.asarray(x), y.shape), jnp.asarray(y), jnp.asarray(start)
+    jax.block_until_ready((xs, ys, p0s))
+    t0 = time.perf_counter()
+    jax.block_until_ready(hybrid_gn.fit_batch(model, p0s, xs, ys).params)
+    return {"first": time.perf_counter() - t0}
+
+
+def _cached(names: list[str], b: int, runs: int, timeout: float) -> None:
+    import tempfile
+
+    rows = []
+    for name in names:
+        with tempfile.TemporaryDirectory() as cache:
+            filling = harness.in_subprocess(first_fit_batch, name, b, cache, timeout=timeout)
+            reading = harness.in_subprocesses(first_fit_batch, name, b, cache, runs=runs,
+                                              timeout=timeout)
+        empty, full = harness.pooled([filling], "first"), harness.pooled(reading, "first")
+        rows.append([name, empty.text() if empty else filling.status,
+                     full.text() if full else reading[0].status])
+    print(harness.markdown_table(["family", "first call s, empty cache",
+                                  "first call s, cache filled"], rows))
+
+
 def _fusions(text: str) -> int:
     """Fusion instructions outside fused computations."""
     count, inside = 0, False
@@ -87,8 +132,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--forms", default=",".join(FORMS))
+    parser.add_argument("--cache-runs", type=int, default=0)
     args = parser.parse_args()
     b = int(float(args.size))
+    if args.cache_runs:
+        _cached(args.family.split(","), b, args.cache_runs, args.timeout)
+        return
     keys = ("trace", "lower", "xla", "xla_cpu", "hlo", "fusions")
     rows = []
     for name in args.family.split(","):
