@@ -14,8 +14,9 @@ process per (family, form, run), and for each form the medians over the runs:
   fused computations, the loops XLA's CPU backend generates machine code for (identical
   ones may share a kernel).
 
-Forms: `jit(vmap(fit))` (what `fit_batch` runs, without its compile options), `jit(fit)`
-of one problem, and optimistix LM under `jit(vmap)` as in `bench_many_small.py`.
+Forms: `jit(vmap(fit))` keeping `.params` (the pipeline `fit_batch` runs too, there with
+its compile options, the trace and the covariance), `jit(fit)` of one problem, and
+optimistix LM under `jit(vmap)` as in `bench_many_small.py`.
 
 With --cache-runs K, instead: the first call of `fit_batch` (wall seconds, to its
 result) in 1 + K fresh processes that share a new JAX persistent compilation cache
