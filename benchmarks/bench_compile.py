@@ -34,13 +34,12 @@ import harness
 FORMS = ("hybrid_gn jit(vmap(fit))", "hybrid_gn jit(fit)", "optimistix LM")
 
 
-def measure(name: str, form: str, b: int) -> dict:
-    """The figures of one form in this (fresh) process."""
+def _problems(name: str, b: int):
+    """The family's model and, as float64 JAX arrays, its shared x, the B data sets and
+    the B uniform starts."""
     import bench_many_small as small
     import jax
     import jax.numpy as jnp
-
-    import hybrid_gn
 
     jax.config.update("jax_enable_x64", True)
     x, y, _, start = small.problems(name, "uniform", b)
@@ -49,7 +48,18 @@ def measure(name: str, form: str, b: int) -> dict:
     def model(p, x):
         return family_model(p, x, jnp)
 
-    xj, yj, sj = jnp.asarray(x), jnp.asarray(y), jnp.asarray(start)
+    return model, jnp.asarray(x), jnp.asarray(y), jnp.asarray(start)
+
+
+def measure(name: str, form: str, b: int) -> dict:
+    """The figures of one form in this (fresh) process."""
+    import bench_many_small as small
+    import jax
+    import jax.numpy as jnp
+
+    import hybrid_gn
+
+    model, xj, yj, sj = _problems(name, b)
     if form == "hybrid_gn jit(vmap(fit))":
         f = jax.jit(jax.vmap(lambda y, p0: hybrid_gn.fit(model, p0, xj, y).params))
         args = (yj, sj)
@@ -78,21 +88,14 @@ def measure(name: str, form: str, b: int) -> dict:
 def first_fit_batch(name: str, b: int, cache: str) -> dict:
     """Wall seconds of the first `fit_batch` call in this process, with the persistent
     compilation cache at `cache`."""
-    import bench_many_small as small
     import jax
     import jax.numpy as jnp
 
     import hybrid_gn
 
-    jax.config.update("jax_enable_x64", True)
     jax.config.update("jax_compilation_cache_dir", cache)
-    x, y, _, start = small.problems(name, "uniform", b)
-    family_model = small.FAMILIES[name].model
-
-    def model(p, x):
-        return family_model(p, x, jnp)
-
-    xs, ys, p0s = jnp.broadcast_to(jnp.asarray(x), y.shape), jnp.asarray(y), jnp.asarray(start)
+    model, x, ys, p0s = _problems(name, b)
+    xs = jnp.broadcast_to(x, ys.shape)
     jax.block_until_ready((xs, ys, p0s))
     t0 = time.perf_counter()
     jax.block_until_ready(hybrid_gn.fit_batch(model, p0s, xs, ys).params)
