@@ -161,12 +161,12 @@ def gradient_cosine(model: Model, free) -> Float[Array, ""]:
     return jnp.where(rnorm > 0, jnp.max(jnp.where(free, cos, 0)), 0)
 
 
-def first_radius(u0, poor, config: Config, metric=None) -> Float[Array, ""]:
+def first_radius(u0, poor, config: Config, metric=1.0) -> Float[Array, ""]:
     """The radius of the first step: `initial_radius`, or the smaller `poor_start_radius`
     from a `poor` start (see the module docstring); both times max(|metric * u0|, 1)."""
     factor = jnp.where(poor, jnp.minimum(config.poor_start_radius, config.initial_radius),
                        config.initial_radius)
-    size = jnp.linalg.norm(u0 if metric is None else metric * u0)
+    size = jnp.linalg.norm(metric * u0)
     return (factor * jnp.maximum(size, 1)).astype(u0.dtype)
 
 
