@@ -130,8 +130,9 @@ class Config(eqx.Module):
             runs along a valley of nearly constant cost (see `valley_rtol`); 0: never.
             Default: 20.
         valley_rtol: stop with `Status.VALLEY` when, since the last check, the cost fell
-            by at most this (relative) while the point kept moving, its steps not
-            shrinking as a converging fit's do, two checks in a row (see
+            by at most this (relative) while the point kept moving outward, its steps not
+            shrinking as a converging fit's do, two checks in a row; on a fast walk (more
+            than 5 % of its norm per window, its fall not growing) 100 times this (see
             `_phases/_gauss_newton.py`). Default: 1e-5.
         valley_retry: a fit that stops in a valley starts once more from where
             Gauss-Newton started, in a trust region scaled by the Jacobian's column norms

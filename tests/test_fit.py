@@ -435,8 +435,9 @@ def lorentzians(p, x):
 def test_a_fit_stopped_in_a_valley_retries_and_reaches_the_minimum():
     """Two overlapping Lorentzians, started with a centre near zero (0.044, -0.027), where
     |p0| gives it a scale of 1-2 % of the largest against peaks 0.8 wide: the first
-    attempt grows the amplitudes with opposite signs (+-hundreds) into the valley of two
-    merging peaks and stops with VALLEY (valley_retry=False shows it); the retry, its
+    attempt grows the amplitudes with opposite signs (+-80 when the fast walk stops it)
+    into the valley of two merging peaks and stops with VALLEY (valley_retry=False shows
+    it); the retry, its
     region scaled by the Jacobian's columns at the start, reaches scipy's lm minimum (same
     cost to 1e-9, params to 1e-6) and converges. Under jit(vmap) beside a good start, each
     problem equals its single fit."""
@@ -449,7 +450,7 @@ def test_a_fit_stopped_in_a_valley_retries_and_reaches_the_minimum():
     once = hybrid_gn.fit(lorentzians, jnp.asarray(starts[0]), x, y,
                          config=hybrid_gn.Config(valley_retry=False))
     amplitudes = np.asarray(once.params)[[0, 3]]
-    assert int(once.status) == Status.VALLEY and np.max(np.abs(amplitudes)) > 100
+    assert int(once.status) == Status.VALLEY and np.max(np.abs(amplitudes)) > 50
     batch = jax.jit(jax.vmap(lambda p0: hybrid_gn.fit(lorentzians, p0, x, y)))(
         jnp.asarray(starts))
     for i, start in enumerate(starts):

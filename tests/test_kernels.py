@@ -523,11 +523,13 @@ CURRENT = model([1.0, 0.0], 1.0)
 def state(started=True, radius=1.0, iteration=1, resets=0, current=CURRENT, u=U,
           anchor=(U, 1.0, np.inf, False), start=None, retry=None):
     """A Gauss-Newton state at `u` with the model `current`, dtypes as `init` makes them;
-    `anchor`: the point, cost, move and verdict of the last valley check; `start`: where
+    `anchor`: the point, cost, move and verdict of the last valley check, and optionally
+    the cost's fall in its window (inf by default); `start`: where
     the attempt started and the column norms of J there (`u` and ones by default);
     `retry`: None on the first attempt, else the attempt (RETRY or BACK) and the first
     attempt's end (point, cost)."""
-    anchor_u, anchor_cost, anchor_step, anchor_suspect = anchor
+    anchor_u, anchor_cost, anchor_step, anchor_suspect, *fell = anchor
+    anchor_fell = fell[0] if fell else np.inf
     start = (u, np.ones(np.shape(u))) if start is None else start
     start_u, start_columns = (jnp.asarray(a, jnp.float64) for a in start)
     attempt, first_u, first_cost = ((gauss_newton.FIRST, u, 0.0) if retry is None
@@ -540,6 +542,7 @@ def state(started=True, radius=1.0, iteration=1, resets=0, current=CURRENT, u=U,
         anchor_u=jnp.asarray(anchor_u, jnp.float64),
         anchor_cost=jnp.asarray(anchor_cost, jnp.float64),
         anchor_step=jnp.asarray(anchor_step, jnp.float64),
+        anchor_fell=jnp.asarray(anchor_fell, jnp.float64),
         anchor_suspect=jnp.asarray(anchor_suspect), start_u=start_u,
         poor=jnp.asarray(False), start_columns=start_columns,
         attempt=jnp.asarray(attempt, jnp.int64), first_u=jnp.asarray(first_u, jnp.float64),
@@ -750,7 +753,7 @@ def test_conclude_valley():
                               ((U - [0.5, 1e-4], 0.6255, 1.6, True), 3),  # barely moved
                               ((inner, 0.6255, 8.0, True), 3),  # moved 1.6 after 8: shrinking
                               ((across, 0.6255, 1.6, True), 3),  # across
-                              ((inner, 0.7, 1.6, True), 3),  # fell by 0.075 > 1e-3 * 0.7
+                              ((inner, 0.8, 1.6, True), 3),  # fell by 0.175: > 100x 1e-3 * 0.8
                               ((inner, 0.6255, 1.6, True), 2)):  # not a check
         out = conclude(state(iteration=iteration, anchor=anchor), *good, cfg=cfg)
         assert int(out.status) == Status.RUNNING, (anchor, iteration)
@@ -764,6 +767,34 @@ def test_conclude_valley():
                                                  valley_rtol=1e-3), jnp.float64)
     out = conclude(state(iteration=3, anchor=(inner, 0.6255, 1.6, True)), *good, cfg=never)
     assert int(out.status) == Status.RUNNING
+
+
+def test_conclude_valley_fast_walk():
+    """A fast walk (a move of more than VALLEY_FAST_MOVE = 5e-2 of the norm in the window) is
+    suspect when the cost fell by at most VALLEY_FAST_RTOL = 100 times valley_rtol (1e-5
+    here), and by no more than in the window before; a walk whose fall grows (speeding up)
+    or a slower one (a move of 1.5 % of the norm) needs the fall below valley_rtol itself.
+    A check records the fall."""
+    cfg = config.with_tolerances(config.Config(ftol=1e-12, max_iter=100, valley_window=4,
+                                               valley_rtol=1e-5, valley_retry=False),
+                                 jnp.float64)
+    good = (step_along_gradient(0.5), model([0.5, 0.0], 0.625))  # to P = U - (0.5, 0)
+    fast, slow = U * 0.2, (U - [0.5, 0]) * (1 - 0.03 / np.linalg.norm(U - [0.5, 0]))
+    fell = 3e-4  # from 0.6253 to 0.625: 4.8e-4 relative, between 1e-5 and 100 x 1e-5
+    for anchor, verdict in (((fast, 0.6253, 1.6, True, 1e-3), Status.VALLEY),
+                            ((fast, 0.6253, 1.6, True, 1e-4), Status.RUNNING),  # speeding up
+                            ((fast, 0.65, 1.6, True, 1.0), Status.RUNNING),  # fell 3.8 %
+                            ((slow, 0.6253, 0.04, True, 1e-3), Status.RUNNING),  # 1.5 %
+                            ((slow, 0.625001, 0.04, True, 1e-3), Status.VALLEY)):  # 1.6e-6
+        out = conclude(state(iteration=3, anchor=anchor), *good, cfg=cfg)
+        assert int(out.status) == verdict, anchor
+    out = conclude(state(iteration=3, anchor=(fast, 0.6253, 1.6, False)), *good, cfg=cfg)
+    np.testing.assert_allclose(float(out.anchor_fell), fell, rtol=1e-9)
+    between = conclude(state(iteration=2, anchor=(fast, 0.6253, 1.6, False, 7.0)), *good,
+                       cfg=cfg)
+    assert float(between.anchor_fell) == 7.0
+    unstarted = conclude(state(started=False, iteration=0), proposal(U, 0.0), CURRENT, cfg=cfg)
+    assert float(unstarted.anchor_fell) == np.inf
 
 
 VALLEY_CONFIG = config.with_tolerances(config.Config(ftol=1e-12, max_iter=100, valley_window=4,
@@ -795,6 +826,7 @@ def test_conclude_valley_retry():
     assert float(out.first_cost) == 0.625 and int(out.iteration) == 4
     np.testing.assert_array_equal(np.asarray(out.anchor_u), start_u)
     assert float(out.anchor_step) == np.inf and not bool(out.anchor_suspect)
+    assert float(out.anchor_fell) == np.inf
 
     lower_first = (gauss_newton.RETRY, U * 3, 0.5)  # the first attempt ended at cost 0.5
     out = conclude(state(iteration=3, anchor=valley, retry=lower_first), *good,

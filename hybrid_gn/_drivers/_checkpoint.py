@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from jaxtyping import PyTree
 
-FORMAT = "hybrid_gn-checkpoint-2"
+FORMAT = "hybrid_gn-checkpoint-3"
 
 
 class CheckpointError(ValueError):
