@@ -16,6 +16,15 @@ its x grid and its noise sd):
 * logistic: L / (1 + exp(-k (x - x0))) + c, p = 4, 64 points;
 * damped_sine: a exp(-x / tau) sin(w x + phi) + c, p = 5, 128 points.
 
+Four more, outside the default set (name them with --family), for models the work was
+not tuned on:
+
+* power_law: a x^b + c, b in [-1.5, -0.3], p = 3, 80 points on [0.1, 10];
+* hill: v x^n / (k^n + x^n) + c, p = 4, 60 points on [0.05, 10];
+* three_gauss: three Gaussians, the outer two 3 from the middle one, + offset, p = 10,
+  200 points;
+* sine_poly: a sin(w x + phi) + c0 + c1 x + c2 x^2, p = 6, 100 points on [0, 10].
+
 Truth: each parameter uniform in its box. Starts (both keep widths, rates and amplitudes
 positive by reflecting them with abs()):
 
@@ -128,6 +137,26 @@ def damped_sine(p, x, xp=np):
     return a * xp.exp(-x / tau) * xp.sin(w * x + phi) + c
 
 
+def power_law(p, x, xp=np):
+    a, b, c = (p[i] for i in range(3))
+    return a * x**b + c
+
+
+def hill(p, x, xp=np):
+    v, k, n, c = (p[i] for i in range(4))
+    return v * x**n / (k**n + x**n) + c
+
+
+def three_gauss(p, x, xp=np):
+    peaks = sum(p[i] * xp.exp(-0.5 * ((x - p[i + 1]) / p[i + 2]) ** 2) for i in (0, 3, 6))
+    return peaks + p[9]
+
+
+def sine_poly(p, x, xp=np):
+    a, w, phi, c0, c1, c2 = (p[i] for i in range(6))
+    return a * xp.sin(w * x + phi) + c0 + c1 * x + c2 * x**2
+
+
 FAMILIES = {
     "gaussian_offset": Family(
         gaussian_offset, (Param(1, 3), _loc(-1, 1, 0.3), Param(0.5, 1.5), _loc(-0.5, 0.5, 0.3)),
@@ -151,6 +180,25 @@ FAMILIES = {
         damped_sine, (Param(1, 2), Param(1.5, 4), Param(1, 2), _loc(-1, 1, 0.3),
                       _loc(-0.2, 0.2, 0.1)),
         (0.0, 8.0, 128), noise=0.05, tol=0.6),
+}
+DEFAULT_FAMILIES = tuple(FAMILIES)  # the six above; the four below only on request
+FAMILIES |= {
+    "power_law": Family(
+        power_law, (Param(1, 3), Param(-1.5, -0.3, positive=False), _loc(-0.5, 0.5, 0.3)),
+        (0.1, 10.0, 80), noise=0.02, tol=0.3),
+    "hill": Family(
+        hill, (Param(1, 3), Param(0.5, 3), Param(1, 4), _loc(-0.2, 0.2, 0.1)),
+        (0.05, 10.0, 60), noise=0.02, tol=0.5),
+    "three_gauss": Family(
+        three_gauss, (Param(1, 3), _loc(-3.5, -2.5, 0.3), Param(0.4, 0.8),
+                      Param(1, 3), _loc(-0.5, 0.5, 0.3), Param(0.4, 0.8),
+                      Param(1, 3), _loc(2.5, 3.5, 0.3), Param(0.4, 0.8),
+                      _loc(-0.3, 0.3, 0.1)),
+        (-6.0, 6.0, 200), noise=0.05, tol=0.3),
+    "sine_poly": Family(
+        sine_poly, (Param(1, 2), Param(1.5, 2.5), _loc(-1, 1, 0.3), _loc(-1, 1, 0.3),
+                    _loc(-0.2, 0.2, 0.05), _loc(-0.02, 0.02, 0.005)),
+        (0.0, 10.0, 100), noise=0.05, tol=0.3),
 }
 
 
@@ -416,7 +464,7 @@ def _fmt(row: list) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--family", default=",".join(FAMILIES))
+    parser.add_argument("--family", default=",".join(DEFAULT_FAMILIES))
     parser.add_argument("--starts", default=",".join(STARTS))
     parser.add_argument("--sizes", default="1e3,1e4")
     parser.add_argument("--methods", default=",".join(METHODS))

@@ -132,8 +132,9 @@ class Config(eqx.Module):
         valley_rtol: stop with `Status.VALLEY` when, since the last check, the cost fell
             by at most this (relative) while the point kept moving outward, its steps not
             shrinking as a converging fit's do, two checks in a row; on a fast walk (more
-            than 5 % of its norm per window, its fall not growing) 100 times this (see
-            `_phases/_gauss_newton.py`). Default: 1e-5.
+            than 5 % of its norm per window, its fall not growing) 100 times this; also
+            when the point crawls, by less than 1 % of its norm per window at a steady
+            pace, outward or not (see `_phases/_gauss_newton.py`). Default: 1e-5.
         valley_retry: a fit that stops in a valley starts once more from where
             Gauss-Newton started, in a trust region scaled by the Jacobian's column norms
             there, within the same `max_iter`; the result is the better end by cost (the

@@ -797,6 +797,33 @@ def test_conclude_valley_fast_walk():
     assert float(unstarted.anchor_fell) == np.inf
 
 
+def test_conclude_valley_crawl():
+    """A crawl: a window in which the point moved by at most VALLEY_MOVE (1e-2) of its norm,
+    more than rounding, outward or not, while the cost fell by at most valley_rtol (1e-5
+    here) but fell, the move and the fall each within VALLEY_CRAWL_STEADY (10 %) of the
+    window before's, is suspect; the second in a row stops the fit. A first suspect
+    window, a move or a fall that shrank or grew (a converging fit, or one stagnating at
+    its minimum in rounding noise), a larger fall, a cost that rose, a move at rounding
+    level: all run on."""
+    cfg = config.with_tolerances(config.Config(ftol=1e-12, max_iter=100, valley_window=4,
+                                               valley_rtol=1e-5, valley_retry=False),
+                                 jnp.float64)
+    good = (step_along_gradient(0.5), model([0.5, 0.0], 0.625))  # to P = (0.5, 2), cost 0.625
+    beside = U - [0.5, 0] + [0.01, 0]  # 0.01 from P (0.5 % of the norm), not outward
+    near = U - [0.5, 0] + [1e-10, 0]
+    for anchor, verdict in (((beside, 0.625001, 0.0105, True, 1.05e-6), Status.VALLEY),
+                            ((beside, 0.625001, 0.0105, False, 1.05e-6), Status.RUNNING),
+                            ((beside, 0.625001, 0.02, True, 1.05e-6), Status.RUNNING),  # move
+                            ((beside, 0.625001, 0.005, True, 1.05e-6), Status.RUNNING),
+                            ((beside, 0.625001, 0.0105, True, 2e-6), Status.RUNNING),  # fall
+                            ((beside, 0.625001, 0.0105, True, 0.5e-6), Status.RUNNING),
+                            ((beside, 0.63, 0.0105, True, 5e-3), Status.RUNNING),  # 0.8 %
+                            ((beside, 0.624999, 0.0105, True, -1e-6), Status.RUNNING),  # rose
+                            ((near, 0.625001, 1e-10, True, 1.05e-6), Status.RUNNING)):
+        out = conclude(state(iteration=3, anchor=anchor), *good, cfg=cfg)
+        assert int(out.status) == verdict, anchor
+
+
 VALLEY_CONFIG = config.with_tolerances(config.Config(ftol=1e-12, max_iter=100, valley_window=4,
                                                      valley_rtol=1e-3), jnp.float64)
 IN_VALLEY = U * 0.2  # an anchor from which the step of `test_conclude_valley` is a valley's

@@ -58,6 +58,21 @@ its amplitude near zero) that leaves its plateau after 300 iterations, and a
 walk whose fall grows from window to window (on its way out), keep the strict
 `valley_rtol`: stopped early, the retry ended both at a worse minimum.
 
+A fit can also crawl: every step is accepted, the radius stays where the
+ratio of actual to predicted reduction is middling, and the point moves by a
+constant, tiny amount per iteration while the cost barely falls. There J^T J
+misses the curvature of a large residual in some direction (a Gauss-Newton
+step of norm 50 along an eigenvalue of 6e-4, a sinusoid stuck at the wrong
+frequency) or the fit creeps down a valley at a radius of 1e-4. Moving by less
+than `VALLEY_MOVE` of its norm per window, it could not get far within
+`max_iter` anyway, so a window in which it did so with the cost falling by at
+most `valley_rtol`, its move and its fall each within `VALLEY_CRAWL_STEADY`
+(10 %) of the window before's, is suspect too, outward or not: the fit stops
+with VALLEY (and retries) instead of running to `max_iter`. A converging fit's
+moves and falls shrink, and one that lingers at its minimum moves and falls by
+erratic amounts (its cost even rises by 1e-9 between checks): neither is
+stopped.
+
 A valley is often the price of a poor scale rather than of the data: a centre
 that starts near zero by accident gets the normalized scale |p0| (0.03, say,
 for a peak 1 wide), the region barely lets it move, and the amplitudes grow
@@ -99,6 +114,10 @@ VALLEY_MOVE = 1e-2
 # already when the cost fell by at most VALLEY_FAST_RTOL times `valley_rtol`
 VALLEY_FAST_MOVE = 5e-2
 VALLEY_FAST_RTOL = 100.0
+# a crawl (a move of at most VALLEY_MOVE of the norm per window, more than rounding) is a
+# valley when its cost fell by at most `valley_rtol`, its move and its fall each within
+# VALLEY_CRAWL_STEADY (relative) of the window before's
+VALLEY_CRAWL_STEADY = 0.1
 VALLEY_SHRINK = 0.5
 VALLEY_OUTWARD = 0.5
 QR_HYSTERESIS = 8.0  # back from the QR route once cond(J) is this far below qr_condition
@@ -405,8 +424,10 @@ def _valley_check(state: GaussNewtonState, iteration, u_next, cost, config: Conf
     outward (its norm grew by `VALLEY_OUTWARD` of the move: off to infinity), while the
     cost fell by at most `valley_rtol` (relative), or, on a fast walk (a move of more than
     `VALLEY_FAST_MOVE` of the norm), by at most `VALLEY_FAST_RTOL` times that and no more
-    than in the window before (a walk that speeds up may be on its way out). See the module
-    docstring."""
+    than in the window before (a walk that speeds up may be on its way out). It also does
+    when the fit crawls: the cost fell, by at most `valley_rtol`, while the point moved by
+    at most `VALLEY_MOVE` of its norm (more than rounding), the move and the fall each
+    within `VALLEY_CRAWL_STEADY` of the window before's. See the module docstring."""
     moved = jnp.linalg.norm(u_next - state.anchor_u)
     fell = jnp.where(state.started, state.anchor_cost - cost, jnp.inf)
     window = config.valley_window
@@ -414,11 +435,17 @@ def _valley_check(state: GaussNewtonState, iteration, u_next, cost, config: Conf
         return jnp.asarray(False), jnp.asarray(False), moved, fell
     at_check = iteration % window == 0
     size = jnp.linalg.norm(state.anchor_u)
-    moving = moved > VALLEY_MOVE * jnp.maximum(size, 1)
+    scale = jnp.maximum(size, 1)
     rtol = config.valley_rtol * state.anchor_cost
-    fast = (moved > VALLEY_FAST_MOVE * jnp.maximum(size, 1)) & (fell <= state.anchor_fell)
+    moving = moved > VALLEY_MOVE * scale
+    fast = (moved > VALLEY_FAST_MOVE * scale) & (fell <= state.anchor_fell)
     slow = (fell <= rtol) | (fast & (fell <= VALLEY_FAST_RTOL * rtol))
     steady = moved >= VALLEY_SHRINK * state.anchor_step
     outward = jnp.linalg.norm(u_next) - size >= VALLEY_OUTWARD * moved
-    suspect = state.started & at_check & (iteration > 0) & slow & moving & steady & outward
+    crawl = ((fell <= rtol) & (fell > 0) & ~moving
+             & (moved > jnp.sqrt(jnp.finfo(u_next.dtype).eps) * scale)
+             & (jnp.abs(moved - state.anchor_step) <= VALLEY_CRAWL_STEADY * state.anchor_step)
+             & (jnp.abs(fell - state.anchor_fell) <= VALLEY_CRAWL_STEADY * state.anchor_fell))
+    suspect = state.started & at_check & (iteration > 0) & (
+        (slow & moving & steady & outward) | crawl)
     return at_check, suspect, moved, fell
