@@ -804,7 +804,7 @@ def test_conclude_valley_crawl():
     window before's, is suspect; the second in a row stops the fit. A first suspect
     window, a move or a fall that shrank or grew (a converging fit, or one stagnating at
     its minimum in rounding noise), a larger fall, a cost that rose, a move at rounding
-    level: all run on."""
+    level, no window before (infinite anchors, as after a restart): all run on."""
     cfg = config.with_tolerances(config.Config(ftol=1e-12, max_iter=100, valley_window=4,
                                                valley_rtol=1e-5, valley_retry=False),
                                  jnp.float64)
@@ -819,7 +819,8 @@ def test_conclude_valley_crawl():
                             ((beside, 0.625001, 0.0105, True, 0.5e-6), Status.RUNNING),
                             ((beside, 0.63, 0.0105, True, 5e-3), Status.RUNNING),  # 0.8 %
                             ((beside, 0.624999, 0.0105, True, -1e-6), Status.RUNNING),  # rose
-                            ((near, 0.625001, 1e-10, True, 1.05e-6), Status.RUNNING)):
+                            ((near, 0.625001, 1e-10, True, 1.05e-6), Status.RUNNING),
+                            ((beside, 0.625001, np.inf, True, np.inf), Status.RUNNING)):
         out = conclude(state(iteration=3, anchor=anchor), *good, cfg=cfg)
         assert int(out.status) == verdict, anchor
 

@@ -442,10 +442,13 @@ def _valley_check(state: GaussNewtonState, iteration, u_next, cost, config: Conf
     slow = (fell <= rtol) | (fast & (fell <= VALLEY_FAST_RTOL * rtol))
     steady = moved >= VALLEY_SHRINK * state.anchor_step
     outward = jnp.linalg.norm(u_next) - size >= VALLEY_OUTWARD * moved
+    def near(value, before):  # within VALLEY_CRAWL_STEADY of a finite `before`
+        return ((value >= (1 - VALLEY_CRAWL_STEADY) * before)
+                & (value <= (1 + VALLEY_CRAWL_STEADY) * before))
+
     crawl = ((fell <= rtol) & (fell > 0) & ~moving
              & (moved > jnp.sqrt(jnp.finfo(u_next.dtype).eps) * scale)
-             & (jnp.abs(moved - state.anchor_step) <= VALLEY_CRAWL_STEADY * state.anchor_step)
-             & (jnp.abs(fell - state.anchor_fell) <= VALLEY_CRAWL_STEADY * state.anchor_fell))
+             & near(moved, state.anchor_step) & near(fell, state.anchor_fell))
     suspect = state.started & at_check & (iteration > 0) & (
         (slow & moving & steady & outward) | crawl)
     return at_check, suspect, moved, fell
