@@ -437,10 +437,9 @@ def test_a_fit_stopped_in_a_valley_retries_and_reaches_the_minimum():
     |p0| gives it a scale of 1-2 % of the largest against peaks 0.8 wide: the first
     attempt grows the amplitudes with opposite signs (+-80 when the fast walk stops it)
     into the valley of two merging peaks and stops with VALLEY (valley_retry=False shows
-    it); the retry, its
-    region scaled by the Jacobian's columns at the start, reaches scipy's lm minimum (same
-    cost to 1e-9, params to 1e-6) and converges. Under jit(vmap) beside a good start, each
-    problem equals its single fit."""
+    it); the retry, its region scaled by the Jacobian's columns at the start, reaches
+    scipy's lm minimum (same cost to 1e-9, params to 1e-6) and converges. Under jit(vmap)
+    beside a good start, each problem equals its single fit."""
     x = np.linspace(-5.0, 5.0, 128)
     truth = np.array([2.0, -0.7, 0.8, 2.5, 0.8, 0.8, 0.2, 0.01])
     y = np.asarray(lorentzians(truth, x)) + 0.05 * np.random.default_rng(3).normal(size=x.size)
