@@ -675,6 +675,24 @@ def test_conclude_ftol_both_forms():
     assert int(last.status) == Status.CONVERGED_FTOL
 
 
+def test_conclude_unresolved_full_step_that_raised_the_cost():
+    """With the default tolerances (ftol 10 eps), a full step that promised 1e-9 of the
+    cost (between ftol and sqrt(eps): unresolved, not the fit's end) is taken when the
+    cost changed by rounding (a rise of 1e-14 relative), and rejected, the radius shrunk,
+    when it rose by 1e-12, above UNRESOLVED_RISE (1e3) eps: such steps kept fits at their
+    minimum drifting uphill."""
+    cfg = config.with_tolerances(config.Config(max_iter=100), jnp.float64)
+    tiny = proposal(U - [1e-9, 0], 1e-9)
+    taken = conclude(state(radius=1.0), tiny, model([1.0, 0.0], 1.0 + 1e-14), cfg=cfg)
+    assert int(taken.status) == Status.RUNNING
+    np.testing.assert_array_equal(np.asarray(taken.u), U - [1e-9, 0])
+    assert float(taken.radius) == 1.0
+    rejected = conclude(state(radius=1.0), tiny, model([1.0, 0.0], 1.0 + 1e-12), cfg=cfg)
+    assert int(rejected.status) == Status.RUNNING
+    np.testing.assert_array_equal(np.asarray(rejected.u), U)
+    assert float(rejected.model.cost) == 1.0 and float(rejected.radius) < 1e-8
+
+
 def test_conclude_xtol():
     """CONVERGED_XTOL: a step of 1e-12 <= xtol * (xtol + |u|) (3.3e-10) to a finite but worse
     point: rejected, and no tolerance but xtol holds (the cost rose by far more than

@@ -120,6 +120,7 @@ VALLEY_FAST_RTOL = 100.0
 VALLEY_CRAWL_STEADY = 0.1
 VALLEY_SHRINK = 0.5
 VALLEY_OUTWARD = 0.5
+UNRESOLVED_RISE = 1e3  # eps (relative): a cost rise above the rounding of a sum of squares
 QR_HYSTERESIS = 8.0  # back from the QR route once cond(J) is this far below qr_condition
 RETRY_MIN_METRIC = 1e-2  # the least metric of a variable on the valley retry (`retry_metric`)
 FIRST, RETRY, BACK = 0, 1, 2  # GaussNewtonState.attempt
@@ -296,6 +297,11 @@ def conclude(state: GaussNewtonState, proposal: Proposal, new: Model, lower, upp
     unresolved = (state.started & new.finite & full_step & (predicted <= resolution * eq.cost)
                   & (jnp.abs(actual) <= resolution * eq.cost))
     noise_level = unresolved & (predicted <= config.ftol * eq.cost)
+    # but a step that did not end the fit and raised the cost by more than rounding
+    # (UNRESOLVED_RISE eps, relative) is rejected like any other: taken, such steps kept a
+    # fit at its minimum drifting uphill by 1e-12 a step for 100-200 iterations
+    rose = actual < -UNRESOLVED_RISE * jnp.finfo(eq.cost.dtype).eps * eq.cost
+    unresolved = unresolved & (noise_level | ~rose)
     accept = jnp.where(state.started, good | unresolved, True)
 
     u_next = jnp.where(accept, trial, u)
